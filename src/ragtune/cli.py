@@ -1,0 +1,290 @@
+"""The `ragtune` command: parse options, call one library function, print. No logic lives here.
+
+Each stage command takes its options on the command line; `--config FILE` reads that stage's section of a run
+config first, and options given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from ragtune.config import (
+    DataConfig,
+    EvalConfig,
+    MiningConfig,
+    RunConfig,
+    SplitConfig,
+    TrainConfig,
+    format_validation_error,
+    load_config,
+)
+from ragtune.errors import RagtuneError
+
+app = typer.Typer(
+    help="Fine-tune an embedding model on your own domain data and measure whether retrieval got better.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Read defaults from this run config (YAML).")]
+CacheOpt = Annotated[
+    Path | None, typer.Option(help="Embedding cache folder (default: $RAGTUNE_CACHE_DIR or ~/.cache/ragtune).")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Base model: 'default' (packaged all-MiniLM-L6-v2), folder, Hub id.")
+]
+QueryColOpt = Annotated[str | None, typer.Option(help="Column holding the query (JSONL/CSV/Parquet/saved dataset).")]
+PassageColOpt = Annotated[str | None, typer.Option(help="Column holding the passage.")]
+SeqOpt = Annotated[int | None, typer.Option(help="Truncate texts to this many tokens (default: the model's).")]
+
+
+def _settings(cls: type[BaseModel], config: Path | None, section: str, **overrides: Any) -> Any:
+    """A stage's settings: the config file's section (if any) with the command-line values on top."""
+    base = getattr(load_config(config), section).model_dump() if config else {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(base)
+    except ValidationError as err:
+        raise RagtuneError(format_validation_error(err)) from err
+
+
+def _base_model(model: str | None, config: Path | None) -> str:
+    return model or (load_config(config).base_model if config else "default")
+
+
+@app.command()
+def prepare(
+    data: Annotated[str | None, typer.Argument(help="Pairs file (JSONL/CSV/Parquet), BEIR or saved-dataset folder, "
+                                                    "or PubMedQA JSON.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (BEIR layout + stats.json).")] = Path(
+        "prepared"),
+    format: Annotated[str | None, typer.Option(help="auto, jsonl, csv, parquet, hf, beir or pubmedqa.")] = None,
+    query_column: QueryColOpt = None,
+    passage_column: PassageColOpt = None,
+    skip_bad_rows: Annotated[bool | None, typer.Option("--skip-bad-rows", help="Skip and count rows with an empty "
+                                                       "or missing text instead of stopping.")] = None,
+    max_pairs: Annotated[int | None, typer.Option(help="Keep a seeded sample of about this many pairs.")] = None,
+    sample_seed: Annotated[int | None, typer.Option(help="Seed of that sample.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Load (query, passage) pairs, drop duplicates, check every text, and save them in one shape."""
+    from ragtune.pipeline import prepare_stage
+
+    settings = _settings(DataConfig, config, "data", path=data, format=format, query_column=query_column,
+                         passage_column=passage_column, skip_bad_rows=skip_bad_rows, max_pairs=max_pairs,
+                         sample_seed=sample_seed)
+    loaded = prepare_stage(settings, out)
+    typer.echo(json.dumps(loaded.stats.to_dict(), indent=2))
+    typer.echo(f"prepared data written to {out}")
+
+
+@app.command("mine")
+def mine_cmd(
+    prepared: Annotated[Path, typer.Argument(help="Folder written by `ragtune prepare`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write rows.jsonl and stats.json.")] = Path(
+        "mined"),
+    model: ModelOpt = None,
+    strategy: Annotated[str | None, typer.Option(help="least-similar (classic), hard, random or none.")] = None,
+    num_negatives: Annotated[int | None, typer.Option(help="Negatives per row.")] = None,
+    range_min: Annotated[int | None, typer.Option(help="hard: skip this many top candidates.")] = None,
+    range_max: Annotated[int | None, typer.Option(help="hard: consider candidates up to this rank.")] = None,
+    sampling: Annotated[str | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")] = None,
+    margin: Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")] = None,
+    max_score: Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for random choices.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
+    max_seq_length: SeqOpt = None,
+    cache_dir: CacheOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Give every (query, positive) row its negatives; embeddings are cached for later stages."""
+    from ragtune.pipeline import mine_stage
+
+    settings = _settings(MiningConfig, config, "mining", strategy=strategy, num_negatives=num_negatives,
+                         range_min=range_min, range_max=range_max, sampling=sampling, margin=margin,
+                         max_score=max_score, seed=seed, batch_size=batch_size)
+    stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length)
+    typer.echo(json.dumps(stats, indent=2))
+    typer.echo(f"mined rows written to {out}")
+
+
+@app.command("split")
+def split_cmd(
+    mined: Annotated[Path, typer.Argument(help="Folder written by `ragtune mine`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the DatasetDict and corpus.")] = Path("data"),
+    train: Annotated[float | None, typer.Option(help="Share of queries for training (default 0.8).")] = None,
+    validation: Annotated[float | None, typer.Option(help="Share for validation (default 0.1).")] = None,
+    test: Annotated[float | None, typer.Option(help="Share for test (default 0.1).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Shuffle seed (default 42).")] = None,
+    use_predefined: Annotated[bool | None, typer.Option(
+        "--use-predefined/--no-predefined", help="Keep the dataset's own train/test split when it has one.")] = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also push to this Hub dataset repo (token: HF_TOKEN).")] = None,
+    cache_dir: CacheOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Split rows by query into train/validation/test and save a DatasetDict plus the full corpus."""
+    from ragtune.pipeline import split_stage
+
+    settings = _settings(SplitConfig, config, "split", train=train, validation=validation, test=test, seed=seed,
+                         use_predefined=use_predefined, push_to_hub=push_to_hub)
+    meta = split_stage(mined, settings, out, cache_dir)
+    typer.echo(json.dumps(meta["splits"], indent=2))
+    typer.echo(f"splits written to {out} ({meta['split_method']} split)")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model folder or Hub id; repeat for several.")],
+    data: Annotated[Path, typer.Option(help="Any supported dataset: ragtune data folder, BEIR folder, pairs file.")],
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (e.g. test); default: the whole dataset.")] = None,
+    output_json: Annotated[Path | None, typer.Option(help="Write {system: {metric: value}} here.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    bm25: Annotated[bool, typer.Option("--bm25/--no-bm25", help="Include the BM25 baseline.")] = True,
+    query_column: QueryColOpt = None,
+    passage_column: PassageColOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
+    max_seq_length: SeqOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Retrieval metrics (NDCG@10, MRR@10, Recall@1/10/100, MAP@100) over the full corpus, per system."""
+    from ragtune.pipeline import evaluate_stage
+    from ragtune.report import metrics_table
+
+    settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
+    models = {m: m for m in model}
+    result, triplet = evaluate_stage(models, data, split, settings, cache_dir, bm25, query_column or "query",
+                                     passage_column or "passage")
+    systems = (["bm25"] if bm25 else []) + list(models)
+    extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
+    table = metrics_table(result.metrics, systems, extra)
+    typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
+    typer.echo(table)
+    if output_json:
+        output_json.parent.mkdir(parents=True, exist_ok=True)
+        output_json.write_text(json.dumps({s: result.metrics[s] for s in systems}, indent=2))
+    if markdown:
+        markdown.write_text(table + "\n")
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="Folder written by `ragtune split`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for model/ and checkpoints/.")] = Path("tuned"),
+    model: ModelOpt = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default 1).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size; more in-batch negatives (default 16).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-5).")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Share of steps warming up (default 0.1).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (default 0.01).")] = None,
+    max_seq_length: SeqOpt = None,
+    evals_per_epoch: Annotated[int | None, typer.Option(help="Validation runs per epoch (default 2).")] = None,
+    use_negatives: Annotated[bool | None, typer.Option(
+        "--use-negatives/--no-negatives", help="Feed mined negatives to the loss.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed (default 42).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Fine-tune with MultipleNegativesRankingLoss, keeping the checkpoint best on validation retrieval."""
+    from ragtune.train import train
+
+    settings = _settings(TrainConfig, config, "train", epochs=epochs, batch_size=batch_size,
+                         learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+                         max_seq_length=max_seq_length, evals_per_epoch=evals_per_epoch,
+                         use_negatives=use_negatives, seed=seed)
+    result = train(_base_model(model, config), data, out, settings, resume=resume)
+    typer.echo(f"model saved to {result.model_dir} after {result.steps} steps; "
+               f"best validation NDCG@10: {result.best_metric}")
+
+
+@app.command("search")
+def search_cmd(
+    model: Annotated[str, typer.Argument(help="Model folder (or Hub id).")],
+    query: Annotated[list[str] | None, typer.Argument(help="One or more queries.")] = None,
+    corpus: Annotated[Path, typer.Option(help="ragtune data folder, BEIR folder, saved dataset or JSONL/CSV/Parquet "
+                                              "file.")] = Path("data"),
+    queries_file: Annotated[Path | None, typer.Option(help="A file with one query per line.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 5,
+    text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
+    id_column: Annotated[str, typer.Option(help="Id column of a corpus file (default: hash of the text).")] = "id",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    max_seq_length: SeqOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Top-k passages of a corpus for each query, with cosine scores; corpus embeddings are cached."""
+    from ragtune.embeddings import Encoder
+    from ragtune.search import corpus_cache_dir, hits_to_json, load_corpus, search
+
+    queries = list(query or [])
+    if queries_file:
+        if not queries_file.is_file():
+            raise RagtuneError(f"queries file not found: {queries_file}")
+        queries += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
+    if not queries:
+        raise RagtuneError("give a query, or --queries-file")
+    passages = load_corpus(corpus, text_column, id_column)
+    encoder = Encoder(model, cache_dir or corpus_cache_dir(corpus), max_seq_length, show_progress=not as_json)
+    hits = search(encoder, passages, queries, k)
+    if as_json:
+        typer.echo(json.dumps(hits_to_json(queries, hits), indent=2))
+        return
+    for q, hs in zip(queries, hits, strict=True):
+        typer.echo(f"\nquery: {q}")
+        for rank, h in enumerate(hs, start=1):
+            snippet = h.text if len(h.text) <= 200 else h.text[:200] + "…"
+            typer.echo(f"  {rank:>2}. {h.score:.4f}  [{h.id}] {snippet}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override output_dir.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one setting, e.g. --set train.epochs=2 (repeatable).")] = None,
+) -> None:
+    """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
+    import yaml
+
+    from ragtune.pipeline import run
+
+    cfg = load_config(config)
+    raw = cfg.model_dump()
+    if output_dir:
+        raw["output_dir"] = output_dir
+    for item in set_ or []:
+        if "=" not in item:
+            raise RagtuneError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise RagtuneError(f"--set {key}: no section {p!r}")
+            node = node[p]
+        node[leaf] = yaml.safe_load(value)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise RagtuneError(f"{config}: {format_validation_error(err)}") from err
+    run(cfg)
+
+
+def main() -> None:
+    try:
+        app()
+    except RagtuneError as err:
+        if os.environ.get("RAGTUNE_DEBUG"):
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

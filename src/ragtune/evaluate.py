@@ -1,0 +1,109 @@
+"""Score systems on the same queries over the full corpus: dense models, BM25, and the classic triplet accuracy.
+
+Every distinct passage of the dataset is a candidate for every query (not only the split's passages), because that
+is what a RAG system searches. Per-query values are kept so later stages can compute intervals and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ragtune.data import PairData
+from ragtune.embeddings import Encoder
+from ragtune.metrics import METRICS, aggregate, per_query
+from ragtune.search import flat_index, search_chunked
+
+DEPTH = 100  # the deepest cutoff any metric reads (recall@100, map@100)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # system -> metric -> mean
+    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # system -> metric -> qid
+    top: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # system -> qid -> top-10 passage ids
+    queries: int = 0
+    corpus: int = 0
+
+
+def dense_run(encoder: Encoder, data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:
+    corpus_ids = list(data.corpus)
+    qids = list(data.qrels)
+    corpus_vectors = encoder.encode([data.corpus[p] for p in corpus_ids], desc="encoding corpus")
+    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
+    scores, ids = search_chunked(flat_index(corpus_vectors), query_vectors, k)
+    return {
+        q: {corpus_ids[int(i)]: float(s) for s, i in zip(scores[n], ids[n], strict=True) if i >= 0}
+        for n, q in enumerate(qids)
+    }
+
+
+def bm25_run(data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:
+    """BM25 (bm25s, Lucene variant, English stopwords and Snowball stemming) over the same corpus."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    corpus_ids = list(data.corpus)
+    qids = list(data.qrels)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer,
+                                   show_progress=False), show_progress=False)
+    query_tokens = bm25s.tokenize([data.queries[q] for q in qids], stopwords="en", stemmer=stemmer,
+                                  return_ids=False, show_progress=False)
+    k = min(k, len(corpus_ids))
+    docs, scores = retriever.retrieve(query_tokens, k=k, show_progress=False)
+    run = {}
+    for n, q in enumerate(qids):
+        # bm25s pads with score 0 when fewer documents share a term; those are not retrieved.
+        run[q] = {corpus_ids[int(d)]: float(s) for d, s in zip(docs[n], scores[n], strict=True) if s > 0}
+    return run
+
+
+def score_run(result: EvalResult, system: str, run: dict[str, dict[str, float]], data: PairData) -> None:
+    values = per_query(run, data.qrels, METRICS)
+    result.per_query[system] = values
+    result.metrics[system] = aggregate(values)
+    result.top[system] = {q: [d for d, _ in sorted(r.items(), key=lambda x: -x[1])[:10]] for q, r in run.items()}
+
+
+def evaluate_systems(
+    models: dict[str, str | Path],
+    data: PairData,
+    bm25: bool = True,
+    cache_dir: str | Path | None = None,
+    max_seq_length: int | None = None,
+    batch_size: int = 32,
+) -> EvalResult:
+    """Retrieval metrics for each named model (and BM25) on `data`'s queries over `data.corpus`."""
+    result = EvalResult(queries=len(data.qrels), corpus=len(data.corpus))
+    if bm25:
+        score_run(result, "bm25", bm25_run(data), data)
+    for name, model in models.items():
+        encoder = Encoder(model, cache_dir, max_seq_length, batch_size)
+        score_run(result, name, dense_run(encoder, data), data)
+    return result
+
+
+def triplet_accuracy(encoder: Encoder, queries: list[str], positives: list[str],
+                     negatives: list[list[str]]) -> float:
+    """The classic TripletEvaluator number: share of (query, positive, negative) with cos(q,p) > cos(q,n).
+
+    Computed from cached embeddings rather than sentence-transformers' TripletEvaluator, which would encode every
+    positive and negative again; the definition is the same.
+    """
+    if not queries:
+        return float("nan")
+    q = encoder.encode(queries, desc="encoding queries")
+    p = encoder.encode(positives, desc="encoding passages")
+    pos = np.einsum("ij,ij->i", q, p)
+    wins, total = 0, 0
+    width = max(len(n) for n in negatives)
+    for j in range(width):
+        rows = [i for i, n in enumerate(negatives) if len(n) > j]
+        n = encoder.encode([negatives[i][j] for i in rows], desc="encoding passages")
+        wins += int(np.sum(pos[rows] > np.einsum("ij,ij->i", q[rows], n)))
+        total += len(rows)
+    return wins / total if total else float("nan")
