@@ -62,15 +62,20 @@ def _base_model(model: str | None, config: Path | None) -> str:
 
 @app.command()
 def prepare(
-    data: Annotated[str | None, typer.Argument(help="Pairs file (JSONL/CSV/Parquet), BEIR or saved-dataset folder, "
-                                                    "or PubMedQA JSON.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Argument(help="Pairs file (JSONL/CSV/Parquet), BEIR or saved-dataset folder, or PubMedQA JSON."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (BEIR layout + stats.json).")] = Path(
-        "prepared"),
+        "prepared"
+    ),
     format: Annotated[str | None, typer.Option(help="auto, jsonl, csv, parquet, hf, beir or pubmedqa.")] = None,
     query_column: QueryColOpt = None,
     passage_column: PassageColOpt = None,
-    skip_bad_rows: Annotated[bool | None, typer.Option("--skip-bad-rows", help="Skip and count rows with an empty "
-                                                       "or missing text instead of stopping.")] = None,
+    skip_bad_rows: Annotated[
+        bool | None,
+        typer.Option("--skip-bad-rows", help="Skip and count rows with an empty or missing text instead of stopping."),
+    ] = None,
     max_pairs: Annotated[int | None, typer.Option(help="Keep a seeded sample of about this many pairs.")] = None,
     sample_seed: Annotated[int | None, typer.Option(help="Seed of that sample.")] = None,
     config: ConfigOpt = None,
@@ -78,9 +83,18 @@ def prepare(
     """Load (query, passage) pairs, drop duplicates, check every text, and save them in one shape."""
     from ragtune.pipeline import prepare_stage
 
-    settings = _settings(DataConfig, config, "data", path=data, format=format, query_column=query_column,
-                         passage_column=passage_column, skip_bad_rows=skip_bad_rows, max_pairs=max_pairs,
-                         sample_seed=sample_seed)
+    settings = _settings(
+        DataConfig,
+        config,
+        "data",
+        path=data,
+        format=format,
+        query_column=query_column,
+        passage_column=passage_column,
+        skip_bad_rows=skip_bad_rows,
+        max_pairs=max_pairs,
+        sample_seed=sample_seed,
+    )
     loaded = prepare_stage(settings, out)
     typer.echo(json.dumps(loaded.stats.to_dict(), indent=2))
     typer.echo(f"prepared data written to {out}")
@@ -90,13 +104,16 @@ def prepare(
 def mine_cmd(
     prepared: Annotated[Path, typer.Argument(help="Folder written by `ragtune prepare`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write rows.jsonl and stats.json.")] = Path(
-        "mined"),
+        "mined"
+    ),
     model: ModelOpt = None,
     strategy: Annotated[str | None, typer.Option(help="least-similar (classic), hard, random or none.")] = None,
     num_negatives: Annotated[int | None, typer.Option(help="Negatives per row.")] = None,
     range_min: Annotated[int | None, typer.Option(help="hard: skip this many top candidates.")] = None,
     range_max: Annotated[int | None, typer.Option(help="hard: consider candidates up to this rank.")] = None,
-    sampling: Annotated[str | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")] = None,
+    sampling: Annotated[
+        str | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")
+    ] = None,
     margin: Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")] = None,
     max_score: Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for random choices.")] = None,
@@ -108,9 +125,20 @@ def mine_cmd(
     """Give every (query, positive) row its negatives; embeddings are cached for later stages."""
     from ragtune.pipeline import mine_stage
 
-    settings = _settings(MiningConfig, config, "mining", strategy=strategy, num_negatives=num_negatives,
-                         range_min=range_min, range_max=range_max, sampling=sampling, margin=margin,
-                         max_score=max_score, seed=seed, batch_size=batch_size)
+    settings = _settings(
+        MiningConfig,
+        config,
+        "mining",
+        strategy=strategy,
+        num_negatives=num_negatives,
+        range_min=range_min,
+        range_max=range_max,
+        sampling=sampling,
+        margin=margin,
+        max_score=max_score,
+        seed=seed,
+        batch_size=batch_size,
+    )
     stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length)
     typer.echo(json.dumps(stats, indent=2))
     typer.echo(f"mined rows written to {out}")
@@ -124,17 +152,32 @@ def split_cmd(
     validation: Annotated[float | None, typer.Option(help="Share for validation (default 0.1).")] = None,
     test: Annotated[float | None, typer.Option(help="Share for test (default 0.1).")] = None,
     seed: Annotated[int | None, typer.Option(help="Shuffle seed (default 42).")] = None,
-    use_predefined: Annotated[bool | None, typer.Option(
-        "--use-predefined/--no-predefined", help="Keep the dataset's own train/test split when it has one.")] = None,
-    push_to_hub: Annotated[str | None, typer.Option(help="Also push to this Hub dataset repo (token: HF_TOKEN).")] = None,
+    use_predefined: Annotated[
+        bool | None,
+        typer.Option(
+            "--use-predefined/--no-predefined", help="Keep the dataset's own train/test split when it has one."
+        ),
+    ] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Also push to this Hub dataset repo (token: HF_TOKEN).")
+    ] = None,
     cache_dir: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Split rows by query into train/validation/test and save a DatasetDict plus the full corpus."""
     from ragtune.pipeline import split_stage
 
-    settings = _settings(SplitConfig, config, "split", train=train, validation=validation, test=test, seed=seed,
-                         use_predefined=use_predefined, push_to_hub=push_to_hub)
+    settings = _settings(
+        SplitConfig,
+        config,
+        "split",
+        train=train,
+        validation=validation,
+        test=test,
+        seed=seed,
+        use_predefined=use_predefined,
+        push_to_hub=push_to_hub,
+    )
     meta = split_stage(mined, settings, out, cache_dir)
     typer.echo(json.dumps(meta["splits"], indent=2))
     typer.echo(f"splits written to {out} ({meta['split_method']} split)")
@@ -144,7 +187,9 @@ def split_cmd(
 def evaluate_cmd(
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model folder or Hub id; repeat for several.")],
     data: Annotated[Path, typer.Option(help="Any supported dataset: ragtune data folder, BEIR folder, pairs file.")],
-    split: Annotated[str | None, typer.Option(help="Split to evaluate (e.g. test); default: the whole dataset.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split to evaluate (e.g. test); default: the whole dataset.")
+    ] = None,
     output_json: Annotated[Path | None, typer.Option(help="Write {system: {metric: value}} here.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
     bm25: Annotated[bool, typer.Option("--bm25/--no-bm25", help="Include the BM25 baseline.")] = True,
@@ -160,8 +205,9 @@ def evaluate_cmd(
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
     models = {m: m for m in model}
-    result, triplet = evaluate_stage(models, data, split, settings, cache_dir, bm25, query_column or "query",
-                                     passage_column or "passage")
+    result, triplet = evaluate_stage(
+        models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+    )
     systems = (["bm25"] if bm25 else []) + list(models)
     extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
     table = metrics_table(result.metrics, systems, extra)
@@ -186,8 +232,9 @@ def train_cmd(
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (default 0.01).")] = None,
     max_seq_length: SeqOpt = None,
     evals_per_epoch: Annotated[int | None, typer.Option(help="Validation runs per epoch (default 2).")] = None,
-    use_negatives: Annotated[bool | None, typer.Option(
-        "--use-negatives/--no-negatives", help="Feed mined negatives to the loss.")] = None,
+    use_negatives: Annotated[
+        bool | None, typer.Option("--use-negatives/--no-negatives", help="Feed mined negatives to the loss.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed (default 42).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = True,
     config: ConfigOpt = None,
@@ -195,21 +242,33 @@ def train_cmd(
     """Fine-tune with MultipleNegativesRankingLoss, keeping the checkpoint best on validation retrieval."""
     from ragtune.train import train
 
-    settings = _settings(TrainConfig, config, "train", epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-                         max_seq_length=max_seq_length, evals_per_epoch=evals_per_epoch,
-                         use_negatives=use_negatives, seed=seed)
+    settings = _settings(
+        TrainConfig,
+        config,
+        "train",
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        max_seq_length=max_seq_length,
+        evals_per_epoch=evals_per_epoch,
+        use_negatives=use_negatives,
+        seed=seed,
+    )
     result = train(_base_model(model, config), data, out, settings, resume=resume)
-    typer.echo(f"model saved to {result.model_dir} after {result.steps} steps; "
-               f"best validation NDCG@10: {result.best_metric}")
+    typer.echo(
+        f"model saved to {result.model_dir} after {result.steps} steps; best validation NDCG@10: {result.best_metric}"
+    )
 
 
 @app.command("search")
 def search_cmd(
     model: Annotated[str, typer.Argument(help="Model folder (or Hub id).")],
     query: Annotated[list[str] | None, typer.Argument(help="One or more queries.")] = None,
-    corpus: Annotated[Path, typer.Option(help="ragtune data folder, BEIR folder, saved dataset or JSONL/CSV/Parquet "
-                                              "file.")] = Path("data"),
+    corpus: Annotated[
+        Path, typer.Option(help="ragtune data folder, BEIR folder, saved dataset or JSONL/CSV/Parquet file.")
+    ] = Path("data"),
     queries_file: Annotated[Path | None, typer.Option(help="A file with one query per line.")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 5,
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
@@ -246,8 +305,9 @@ def search_cmd(
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
     output_dir: Annotated[str | None, typer.Option(help="Override output_dir.")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override one setting, e.g. --set train.epochs=2 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override one setting, e.g. --set train.epochs=2 (repeatable).")
+    ] = None,
 ) -> None:
     """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
     import yaml

@@ -228,8 +228,12 @@ def load_pubmedqa(path: Path, skip_bad_rows: bool) -> PairData:
             passage = " ".join(c.strip() for c in contexts)
         else:
             passage = contexts  # let the text check name the problem
-        builder.row({"QUESTION": entry.get("QUESTION") if isinstance(entry, dict) else None,
-                     "CONTEXTS": passage}, where, "QUESTION", "CONTEXTS")
+        builder.row(
+            {"QUESTION": entry.get("QUESTION") if isinstance(entry, dict) else None, "CONTEXTS": passage},
+            where,
+            "QUESTION",
+            "CONTEXTS",
+        )
     return builder.finish()
 
 
@@ -334,8 +338,9 @@ def load_ragtune_data(folder: Path) -> PairData:
     for name, ds in dd.items():
         qids: dict[str, None] = {}
         cols = ds.select_columns(["query_id", "query", "positive_id", "score"])
-        for qid, query, pid, score in zip(cols["query_id"], cols["query"], cols["positive_id"], cols["score"],
-                                          strict=True):
+        for qid, query, pid, score in zip(
+            cols["query_id"], cols["query"], cols["positive_id"], cols["score"], strict=True
+        ):
             builder.add_query(query, qid)
             builder.add_pair(qid, pid, score)
             qids[qid] = None
@@ -359,8 +364,9 @@ def detect_format(path: Path) -> str:
         return "parquet"
     if suffix == ".json":
         return "pubmedqa"
-    raise RagtuneError(f"{path}: cannot tell the format from the name; set format (jsonl, csv, parquet, hf, "
-                       "beir, pubmedqa)")
+    raise RagtuneError(
+        f"{path}: cannot tell the format from the name; set format (jsonl, csv, parquet, hf, beir, pubmedqa)"
+    )
 
 
 def resolve_pubmedqa(path: str | None) -> Path:

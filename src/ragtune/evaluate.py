@@ -49,10 +49,13 @@ def bm25_run(data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:
     corpus_ids = list(data.corpus)
     qids = list(data.qrels)
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer,
-                                   show_progress=False), show_progress=False)
-    query_tokens = bm25s.tokenize([data.queries[q] for q in qids], stopwords="en", stemmer=stemmer,
-                                  return_ids=False, show_progress=False)
+    retriever.index(
+        bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
+    )
+    query_tokens = bm25s.tokenize(
+        [data.queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+    )
     k = min(k, len(corpus_ids))
     docs, scores = retriever.retrieve(query_tokens, k=k, show_progress=False)
     run = {}
@@ -87,8 +90,7 @@ def evaluate_systems(
     return result
 
 
-def triplet_accuracy(encoder: Encoder, queries: list[str], positives: list[str],
-                     negatives: list[list[str]]) -> float:
+def triplet_accuracy(encoder: Encoder, queries: list[str], positives: list[str], negatives: list[list[str]]) -> float:
     """The classic TripletEvaluator number: share of (query, positive, negative) with cos(q,p) > cos(q,n).
 
     Computed from cached embeddings rather than sentence-transformers' TripletEvaluator, which would encode every

@@ -55,8 +55,9 @@ def map_at_k(ranking: list[str], rel: dict[str, float], k: int) -> float:
 _FUNCTIONS = {"ndcg": ndcg_at_k, "mrr": mrr_at_k, "recall": recall_at_k, "map": map_at_k}
 
 
-def per_query(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, float]],
-              metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
+def per_query(
+    run: dict[str, dict[str, float]], qrels: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS
+) -> dict[str, dict[str, float]]:
     """{metric: {qid: value}} over every query in qrels (a query missing from the run scores 0)."""
     out: dict[str, dict[str, float]] = {m: {} for m in metrics}
     for qid, rel in qrels.items():

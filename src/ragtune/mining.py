@@ -177,8 +177,9 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
         picks = window[: config.num_negatives]
         if len(picks) < config.num_negatives:
             fallback += 1
-            picks += _sample_excluding(rng, len(corpus_ids), guards.forbidden(r.query_id) | set(picks),
-                                       config.num_negatives - len(picks))
+            picks += _sample_excluding(
+                rng, len(corpus_ids), guards.forbidden(r.query_id) | set(picks), config.num_negatives - len(picks)
+            )
         r.negative_ids = [corpus_ids[c] for c in picks]
     stats["candidates_removed"] = dict(removed)
     stats["rows_with_random_fallback"] = fallback
@@ -214,6 +215,7 @@ def _score_summary(rows, guards: _Guards, corpus_vectors, encoder: Encoder, data
     stats["mean_query_positive_cosine"] = round(float(np.mean(pos)), 4)
     stats["mean_query_negative_cosine"] = round(float(np.mean(neg)), 4) if neg else None
     stats["rows_negative_scores_above_positive"] = sum(
-        1 for r, p in zip(rows, pos, strict=True)
+        1
+        for r, p in zip(rows, pos, strict=True)
         if any(float(qv[at[r.query_id]] @ corpus_vectors[guards.position[n]]) > p for n in r.negative_ids)
     )

@@ -62,16 +62,29 @@ def mark_done(folder: Path, key: str) -> None:
 
 
 def prepare_stage(config: DataConfig, out: Path) -> data_mod.PairData:
-    data = data_mod.load_pairs(config.path, config.format, config.query_column, config.passage_column,
-                               config.skip_bad_rows, config.max_pairs, config.sample_seed)
+    data = data_mod.load_pairs(
+        config.path,
+        config.format,
+        config.query_column,
+        config.passage_column,
+        config.skip_bad_rows,
+        config.max_pairs,
+        config.sample_seed,
+    )
     if out.exists():
         shutil.rmtree(out)
     data_mod.save_beir(data, out)
     return data
 
 
-def mine_stage(prepared: Path, base_model: str, config: MiningConfig, out: Path,
-               cache_dir: Path | None, max_seq_length: int | None = None) -> dict[str, Any]:
+def mine_stage(
+    prepared: Path,
+    base_model: str,
+    config: MiningConfig,
+    out: Path,
+    cache_dir: Path | None,
+    max_seq_length: int | None = None,
+) -> dict[str, Any]:
     data = data_mod.load_prepared(prepared)
     needs_model = config.strategy in ("least-similar", "hard")
     encoder = Encoder(base_model, cache_dir, max_seq_length, config.batch_size) if needs_model else None
@@ -109,9 +122,16 @@ def split_stage(mined: Path, config: SplitConfig, out: Path, cache_dir: Path | N
     return json.loads((out / data_mod.DATA_MARKER).read_text())
 
 
-def evaluate_stage(models: dict[str, str], data_path: Path, split: str | None, config: EvalConfig,
-                   cache_dir: Path | None, bm25: bool | None = None, query_column: str = "query",
-                   passage_column: str = "passage") -> tuple[EvalResult, dict[str, float | None]]:
+def evaluate_stage(
+    models: dict[str, str],
+    data_path: Path,
+    split: str | None,
+    config: EvalConfig,
+    cache_dir: Path | None,
+    bm25: bool | None = None,
+    query_column: str = "query",
+    passage_column: str = "passage",
+) -> tuple[EvalResult, dict[str, float | None]]:
     """Retrieval metrics on one split over the full corpus, plus triplet accuracy where rows carry negatives."""
     data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
     queries = data
@@ -120,10 +140,10 @@ def evaluate_stage(models: dict[str, str], data_path: Path, split: str | None, c
             have = ", ".join(data.splits or {}) or "none (the whole dataset is one set)"
             raise RagtuneError(f"{data_path}: no split {split!r}; splits: {have}")
         queries = data.subset(data.splits[split])
-    result = evaluate_systems(models, queries, config.bm25 if bm25 is None else bm25, cache_dir,
-                              config.max_seq_length, config.batch_size)
-    triplet = {name: _triplet(name_model, data_path, split, cache_dir, config)
-               for name, name_model in models.items()}
+    result = evaluate_systems(
+        models, queries, config.bm25 if bm25 is None else bm25, cache_dir, config.max_seq_length, config.batch_size
+    )
+    triplet = {name: _triplet(name_model, data_path, split, cache_dir, config) for name, name_model in models.items()}
     return result, triplet
 
 
@@ -137,13 +157,20 @@ def _triplet(model: str, data_path: Path, split: str | None, cache_dir, config: 
     if not neg_cols or len(ds) == 0:
         return None
     encoder = Encoder(model, cache_dir, config.max_seq_length, config.batch_size)
-    return triplet_accuracy(encoder, ds["query"], ds["positive"], [list(t) for t in zip(*[ds[c] for c in neg_cols],
-                                                                                          strict=True)])
+    return triplet_accuracy(
+        encoder, ds["query"], ds["positive"], [list(t) for t in zip(*[ds[c] for c in neg_cols], strict=True)]
+    )
 
 
 def result_to_json(result: EvalResult, triplet: dict[str, float | None]) -> dict[str, Any]:
-    return {"metrics": result.metrics, "triplet_accuracy": triplet, "per_query": result.per_query,
-            "top10": result.top, "queries": result.queries, "corpus": result.corpus}
+    return {
+        "metrics": result.metrics,
+        "triplet_accuracy": triplet,
+        "per_query": result.per_query,
+        "top10": result.top,
+        "queries": result.queries,
+        "corpus": result.corpus,
+    }
 
 
 # ---- the whole run ---------------------------------------------------------------------------------------------
@@ -179,21 +206,33 @@ def run(config: RunConfig, config_text: str | None = None) -> dict[str, Any]:
     k_prepare = _key(config.data.model_dump(), _file_key(Path(source)))
     _stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
     k_mine = _key(k_prepare, config.mining.model_dump(), base_key, seq)
-    _stage("mine negatives", out / "mined",
-           k_mine, lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq))
+    _stage(
+        "mine negatives",
+        out / "mined",
+        k_mine,
+        lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq),
+    )
     k_split = _key(k_mine, config.split.model_dump())
     _stage("split", out / "data", k_split, lambda: split_stage(out / "mined", config.split, out / "data", cache))
 
     eval_dir = out / "eval"
     k_base = _key(k_split, config.evaluate.model_dump(), base_key)
-    _stage("evaluate base model and BM25 (test split, full corpus)", eval_dir / "base", k_base,
-           lambda: _save_eval({"base": base}, out, eval_dir / "base", config.evaluate, bm25=True))
+    _stage(
+        "evaluate base model and BM25 (test split, full corpus)",
+        eval_dir / "base",
+        k_base,
+        lambda: _save_eval({"base": base}, out, eval_dir / "base", config.evaluate, bm25=True),
+    )
 
     k_train = _key(k_split, config.train.model_dump(), base_key)
     _stage("train", out / "model", k_train, lambda: _train(config, base, out, k_train))
     k_tuned = _key(k_train, config.evaluate.model_dump())
-    _stage("evaluate tuned model (test split, full corpus)", eval_dir / "tuned", k_tuned,
-           lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False))
+    _stage(
+        "evaluate tuned model (test split, full corpus)",
+        eval_dir / "tuned",
+        k_tuned,
+        lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False),
+    )
 
     summary = _summarise(config, out, resolved_yaml)
     console.rule("[bold]result")
@@ -220,8 +259,12 @@ def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     owner.write_text(key)
     result = train(base, out / "data", out, config.train, resume=True)
-    info = {"steps": result.steps, "best_validation_ndcg@10": result.best_metric,
-            "best_checkpoint": result.best_checkpoint, "resumed_from": result.resumed_from}
+    info = {
+        "steps": result.steps,
+        "best_validation_ndcg@10": result.best_metric,
+        "best_checkpoint": result.best_checkpoint,
+        "resumed_from": result.resumed_from,
+    }
     (out / "model" / "ragtune_train.json").write_text(json.dumps(info, indent=2))
 
 
@@ -236,15 +279,27 @@ def _summarise(config: RunConfig, out: Path, resolved_yaml: str) -> dict[str, An
     train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
     history = json.loads((out / "model" / "training_log.json").read_text())
     report = write_report(
-        out / "report.md", Path(config.output_dir).name, resolved_yaml, data_meta["load_stats"],
-        data_meta.get("mining", {}), data_meta, metrics, triplet,
+        out / "report.md",
+        Path(config.output_dir).name,
+        resolved_yaml,
+        data_meta["load_stats"],
+        data_meta.get("mining", {}),
+        data_meta,
+        metrics,
+        triplet,
         {"queries": base["queries"], "corpus": base["corpus"]},
-        {**train_info, "log_history": history}, str(out / "model"),
+        {**train_info, "log_history": history},
+        str(out / "model"),
     )
     _model_card_section(out / "model", table, verdict(metrics))
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "triplet_accuracy": triplet}, indent=2))
-    return {"metrics": metrics, "triplet_accuracy": triplet, "table": table, "verdict": verdict(metrics),
-            "report": str(report)}
+    return {
+        "metrics": metrics,
+        "triplet_accuracy": triplet,
+        "table": table,
+        "verdict": verdict(metrics),
+        "report": str(report),
+    }
 
 
 def _model_card_section(model_dir: Path, table: str, conclusion: str) -> None:
@@ -252,5 +307,12 @@ def _model_card_section(model_dir: Path, table: str, conclusion: str) -> None:
     marker = "\n## ragtune evaluation\n"
     text = card.read_text() if card.exists() else ""
     text = text.split(marker)[0]
-    card.write_text(text + marker + "\nHeld-out test queries, searched over the full corpus.\n\n" + table + "\n\n"
-                    + conclusion + "\n")
+    card.write_text(
+        text
+        + marker
+        + "\nHeld-out test queries, searched over the full corpus.\n\n"
+        + table
+        + "\n\n"
+        + conclusion
+        + "\n"
+    )

@@ -13,8 +13,11 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def metrics_table(metrics: dict[str, dict[str, float]], systems: list[str] | None = None,
-                  extra: dict[str, dict[str, float | None]] | None = None) -> str:
+def metrics_table(
+    metrics: dict[str, dict[str, float]],
+    systems: list[str] | None = None,
+    extra: dict[str, dict[str, float | None]] | None = None,
+) -> str:
     """A Markdown table, one row per system; `extra` adds columns such as triplet accuracy."""
     systems = systems or list(metrics)
     extra = extra or {}
@@ -28,8 +31,9 @@ def metrics_table(metrics: dict[str, dict[str, float]], systems: list[str] | Non
     return "\n".join(lines)
 
 
-def verdict(metrics: dict[str, dict[str, float]], base: str = "base", tuned: str = "tuned",
-            metric: str = "ndcg@10") -> str:
+def verdict(
+    metrics: dict[str, dict[str, float]], base: str = "base", tuned: str = "tuned", metric: str = "ndcg@10"
+) -> str:
     """One honest sentence on whether fine-tuning helped, in absolute points of `metric`."""
     if tuned not in metrics or base not in metrics:
         return ""
@@ -41,8 +45,10 @@ def verdict(metrics: dict[str, dict[str, float]], base: str = "base", tuned: str
     elif delta > 0:
         text = f"The tuned model retrieves better than the base model on the held-out test queries: {words}."
     else:
-        text = (f"The tuned model is WORSE than the base model on the held-out test queries: {words}. "
-                "Keep using the base model, or change the data or training settings.")
+        text = (
+            f"The tuned model is WORSE than the base model on the held-out test queries: {words}. "
+            "Keep using the base model, or change the data or training settings."
+        )
     if "bm25" in metrics:
         bm = metrics["bm25"][metric]
         text += f" BM25 scores {bm:.4f}; the tuned model is {'above' if t > bm else 'not above'} it."
@@ -56,8 +62,7 @@ def _loss_curve(history: list[dict[str, Any]]) -> str:
     if losses:
         lines.append("Training loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in losses) + ".")
     if evals:
-        lines.append("Validation NDCG@10 (full corpus) by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in evals)
-                     + ".")
+        lines.append("Validation NDCG@10 (full corpus) by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in evals) + ".")
     return "\n\n".join(lines)
 
 
@@ -114,8 +119,16 @@ def write_report(
         out += [f"- {k}: {v}" for k, v in train_info.items() if k != "log_history"]
         out += ["", _loss_curve(train_info.get("log_history", [])), ""]
     if model_dir:
-        out += ["## Use the model", "", f"Model folder: `{model_dir}`", "",
-                "```", f"ragtune search {model_dir} --corpus <data folder> \"your question\"", "```", ""]
+        out += [
+            "## Use the model",
+            "",
+            f"Model folder: `{model_dir}`",
+            "",
+            "```",
+            f'ragtune search {model_dir} --corpus <data folder> "your question"',
+            "```",
+            "",
+        ]
     out += ["## Configuration", "", "```yaml", config_yaml.strip(), "```", ""]
     path.write_text("\n".join(out))
     return path

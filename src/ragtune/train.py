@@ -75,9 +75,18 @@ def validation_evaluator(data_dir: Path, batch_size: int):
     val = data.subset(qids)
     relevant = {q: set(rel) for q, rel in val.qrels.items()}
     return InformationRetrievalEvaluator(
-        queries=val.queries, corpus=data.corpus, relevant_docs=relevant, name="validation",
-        batch_size=batch_size, show_progress_bar=True, write_csv=False,
-        accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10, 100], mrr_at_k=[10], ndcg_at_k=[10], map_at_k=[100],
+        queries=val.queries,
+        corpus=data.corpus,
+        relevant_docs=relevant,
+        name="validation",
+        batch_size=batch_size,
+        show_progress_bar=True,
+        write_csv=False,
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10, 100],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[100],
     )
 
 
@@ -94,8 +103,9 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
 
 
-def train(base_model: str, data_dir: str | Path, output_dir: str | Path, config: TrainConfig,
-          resume: bool = True) -> TrainResult:
+def train(
+    base_model: str, data_dir: str | Path, output_dir: str | Path, config: TrainConfig, resume: bool = True
+) -> TrainResult:
     """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer
@@ -111,7 +121,10 @@ def train(base_model: str, data_dir: str | Path, output_dir: str | Path, config:
     checkpoint_dir = output_dir / "checkpoints"
     args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_ds, loss=MultipleNegativesRankingLoss(model),
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        loss=MultipleNegativesRankingLoss(model),
         evaluator=evaluator,
     )
     resume_from = last_checkpoint(checkpoint_dir) if resume else None
