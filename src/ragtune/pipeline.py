@@ -133,6 +133,8 @@ def evaluate_stage(
     passage_column: str = "passage",
 ) -> tuple[EvalResult, dict[str, float | None]]:
     """Retrieval metrics on one split over the full corpus, plus triplet accuracy where rows carry negatives."""
+    for model in models.values():
+        resolve_model(model)  # a wrong model path fails before any data is read or encoded
     data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
     queries = data
     if split:

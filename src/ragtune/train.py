@@ -61,7 +61,14 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
         data_seed=config.seed,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=_has_cuda(),
     )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def validation_evaluator(data_dir: Path, batch_size: int):

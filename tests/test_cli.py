@@ -1,0 +1,168 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_jsonl
+from helpers import toy_rows
+from ragtune.cli import app
+
+runner = CliRunner()
+COMMANDS = ["prepare", "mine", "split", "evaluate", "train", "search", "run"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_its_options(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--" in result.output and len(result.output.splitlines()) > 5
+
+
+def _ok(args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def test_stages_one_by_one(tiny_model, tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(40) + [toy_rows(40)[0]])
+    out = _ok(["prepare", src, "--out", tmp_path / "prep"])
+    assert '"duplicate_pairs_dropped": 1' in out
+    _ok(
+        [
+            "mine",
+            tmp_path / "prep",
+            "--out",
+            tmp_path / "mined",
+            "--model",
+            tiny_model,
+            "--strategy",
+            "hard",
+            "--range-max",
+            "5",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    _ok(
+        [
+            "split",
+            tmp_path / "mined",
+            "--out",
+            tmp_path / "data",
+            "--train",
+            "0.6",
+            "--validation",
+            "0.2",
+            "--test",
+            "0.2",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    meta = json.loads((tmp_path / "data" / "ragtune_data.json").read_text())
+    assert meta["splits"]["test"]["queries"] == 8
+    _ok(
+        [
+            "train",
+            "--data",
+            tmp_path / "data",
+            "--out",
+            tmp_path / "tuned",
+            "--model",
+            tiny_model,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+        ]
+    )
+    tuned = tmp_path / "tuned" / "model"
+    out = _ok(
+        [
+            "evaluate",
+            "--model",
+            tiny_model,
+            "--model",
+            tuned,
+            "--data",
+            tmp_path / "data",
+            "--split",
+            "test",
+            "--output-json",
+            tmp_path / "eval.json",
+            "--markdown",
+            tmp_path / "eval.md",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert set(scores) == {"bm25", str(tiny_model), str(tuned)}
+    for metrics in scores.values():
+        assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100"}
+    assert "| bm25 |" in (tmp_path / "eval.md").read_text() and "8 queries over a corpus of 40" in out
+    (tmp_path / "q.txt").write_text("what does the kidney do?\n\nlungs?\n")
+    out = _ok(
+        ["search", tuned, "--corpus", tmp_path / "data", "--queries-file", tmp_path / "q.txt", "-k", "3", "--json"]
+    )
+    hits = json.loads(out)
+    assert [h["query"] for h in hits] == ["what does the kidney do?", "lungs?"]
+    assert all(len(h["results"]) == 3 for h in hits)
+    assert hits[0]["results"][0]["score"] >= hits[0]["results"][1]["score"]
+
+
+def test_evaluate_on_a_beir_folder_with_a_split(tiny_model, tmp_path):
+    from conftest import shared_file
+
+    out = _ok(
+        [
+            "evaluate",
+            "--model",
+            tiny_model,
+            "--data",
+            shared_file("scifact"),
+            "--split",
+            "test",
+            "--output-json",
+            tmp_path / "s.json",
+            "--cache-dir",
+            tmp_path / "cache",
+            "--max-seq-length",
+            "32",
+        ]
+    )
+    assert "300 queries over a corpus of 5183" in out
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["bm25"]["ndcg@10"] > 0.5  # published BM25 on this split: about 0.665
+
+
+def test_config_section_with_command_line_override(tiny_model, tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(20))
+    (tmp_path / "c.yaml").write_text(f"data:\n  path: {src}\n  max_pairs: 10\n")
+    _ok(["prepare", "--config", tmp_path / "c.yaml", "--out", tmp_path / "a"])
+    assert json.loads((tmp_path / "a" / "stats.json").read_text())["load_stats"]["pairs"] == 10
+    _ok(["prepare", "--config", tmp_path / "c.yaml", "--max-pairs", "5", "--out", tmp_path / "b"])
+    assert json.loads((tmp_path / "b" / "stats.json").read_text())["load_stats"]["pairs"] == 5
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path):
+    write_jsonl(tmp_path / "bad.jsonl", [{"query": "q", "passage": "p"}, {"query": "", "passage": "p"}])
+    result = _cli("prepare", tmp_path / "bad.jsonl", "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert "bad.jsonl: line 2: field 'query' is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "c.yaml").write_text("train:\n  epochz: 3\n")
+    result = _cli("run", tmp_path / "c.yaml")
+    assert result.returncode == 2 and "train.epochz: Extra inputs are not permitted" in result.stderr
+    good = write_jsonl(tmp_path / "good.jsonl", [{"query": "q", "passage": "p"}])
+    result = _cli("evaluate", "--model", tmp_path / "missing", "--data", good)
+    assert result.returncode == 2 and "model folder not found" in result.stderr

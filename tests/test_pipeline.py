@@ -1,0 +1,98 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from conftest import write_jsonl
+from helpers import toy_rows
+from ragtune.config import RunConfig
+from ragtune.pipeline import run
+
+STAGE_DIRS = ["prepared", "mined", "data", "eval/base", "model", "eval/tuned"]
+
+
+def _config(tmp_path, model, data_path, **train):
+    return RunConfig.model_validate(
+        {
+            "base_model": str(model),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"path": str(data_path), "format": "pubmedqa", "max_pairs": 60},
+            "train": {"epochs": 1, "batch_size": 8, "evals_per_epoch": 1, **train},
+        }
+    )
+
+
+def _markers(out):
+    return {d: (out / d / ".stage.json").stat().st_mtime_ns for d in STAGE_DIRS}
+
+
+def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_path, tmp_path, capsys):
+    cfg = _config(tmp_path, tiny_model, pubmedqa_path)
+    summary = run(cfg)
+    out = tmp_path / "run"
+    for name in [
+        "config.yaml",
+        "report.md",
+        "results.json",
+        "model/README.md",
+        "data/ragtune_data.json",
+        "eval/base/result.json",
+        "eval/tuned/result.json",
+        "mined/rows.jsonl",
+    ]:
+        assert (out / name).exists(), name
+    assert set(summary["metrics"]) == {"bm25", "base", "tuned"}
+    assert all(0 <= v <= 1 for m in summary["metrics"].values() for v in m.values())
+    base = json.loads((out / "eval/base/result.json").read_text())
+    assert base["corpus"] == 60 and base["queries"] == 6  # test queries searched over every passage
+    report = (out / "report.md").read_text()
+    assert "| tuned |" in report and "ndcg@10" in report and "duplicate pairs dropped" in report
+    assert "## ragtune evaluation" in (out / "model/README.md").read_text()
+
+    before = _markers(out)
+    capsys.readouterr()
+    run(cfg)
+    assert _markers(out) == before
+    assert capsys.readouterr().out.count("up to date, skipped") == len(STAGE_DIRS)
+
+    run(_config(tmp_path, tiny_model, pubmedqa_path, learning_rate=1e-4))
+    after = _markers(out)
+    assert [d for d in STAGE_DIRS if after[d] != before[d]] == ["model", "eval/tuned"]
+
+
+def test_killed_during_training_resumes_from_checkpoint(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(400))
+    cfg = {
+        "base_model": str(tiny_model),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"path": str(data)},
+        "mining": {"strategy": "random"},
+        "train": {"epochs": 6, "batch_size": 4, "evals_per_epoch": 4},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "ragtune", "run", str(tmp_path / "c.yaml")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "run ended before writing a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the trainer finish writing that checkpoint's optimizer state
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "model" / ".stage.json").exists(), "training finished before the kill"
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "model" / "ragtune_train.json").read_text())
+    assert info["resumed_from"] and "checkpoint-" in info["resumed_from"]
+    assert info["steps"] == 6 * 80  # 320 train rows / batch 4, six epochs: the full schedule ran
+    assert (tmp_path / "run" / "report.md").exists()
