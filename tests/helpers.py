@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import write_jsonl
+
 from ragtune.config import MiningConfig, SplitConfig
 from ragtune.pipeline import mine_stage, prepare_stage, split_stage
 

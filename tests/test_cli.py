@@ -3,10 +3,10 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import write_jsonl
 from helpers import toy_rows
+from typer.testing import CliRunner
+
 from ragtune.cli import app
 
 runner = CliRunner()

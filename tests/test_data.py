@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import shared_file, write_jsonl
+
 from ragtune.data import load_pairs, load_prepared, save_beir
 from ragtune.errors import RagtuneError
 

@@ -117,3 +117,11 @@ def test_none_keeps_pairs_only():
     data, _ = _planted()
     result = mine(data, None, MiningConfig(strategy="none"))
     assert len(result.rows) == 3 and all(r.negative_ids == [] for r in result.rows)
+
+
+def test_more_rows_than_passages_reuses_and_counts():
+    rows, corpus = _vectors(8, seed=1), _vectors(4, seed=2)
+    chosen, reused = least_similar_assignment(rows, corpus, [set() for _ in range(8)], k=2)
+    assert reused == 4 and sorted(chosen[:4]) == [0, 1, 2, 3]
+    sims = rows @ corpus.T
+    assert chosen[4:] == [int(np.argmin(sims[i])) for i in range(4, 8)]  # once all are used: least similar again

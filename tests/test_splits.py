@@ -1,7 +1,7 @@
 import datasets
 import pytest
-
 from conftest import shared_file
+
 from ragtune.config import MiningConfig, SplitConfig
 from ragtune.data import load_pairs
 from ragtune.errors import RagtuneError

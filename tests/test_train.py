@@ -1,8 +1,8 @@
 import json
 
 import numpy as np
-
 from helpers import split_folder
+
 from ragtune.config import TrainConfig
 from ragtune.embeddings import load_model
 from ragtune.train import BEST_METRIC, train, training_arguments

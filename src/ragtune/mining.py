@@ -42,43 +42,54 @@ class MiningResult:
     stats: dict[str, Any]
 
 
+_FULL_ROWS_BYTES = 64 << 20  # memory for rows that need their full similarity row (see below)
+
+
 def least_similar_assignment(
     row_vectors: np.ndarray,
     corpus_vectors: np.ndarray,
     forbidden: list[set[int]],
-    k: int = 32,
+    k: int = 64,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
     Returns (chosen corpus index per row, number of rows that had to reuse an item because none was left).
-    Equivalent to the classic greedy walk over argsort(similarity_row) but with O(N*k) memory.
+    Same result as the classic greedy walk over argsort(similarity_row), without the N x N matrix: each row first
+    tries its k least similar items (one FAISS search for all rows). A row that finds all k taken gets its full
+    similarity row and a masked argmin; every later row already in that state is computed in the same matrix
+    product, within a fixed memory budget, because the used set only grows.
     """
-    index = flat_index(corpus_vectors)
-    n = index.ntotal
-    _, candidates = search_chunked(index, -row_vectors, k)
+    n = len(corpus_vectors)
+    _, candidates = search_chunked(flat_index(corpus_vectors), -row_vectors, k)
+    batch = max(1, _FULL_ROWS_BYTES // (4 * n))
+    full: dict[int, np.ndarray] = {}  # row -> similarity to every corpus item
     used = np.zeros(n, dtype=bool)
     chosen: list[int] = []
     reused = 0
     for i in range(len(row_vectors)):
-        pick = _first_free(candidates[i], used, forbidden[i])
-        width = candidates.shape[1]
-        while pick is None and width < n:
-            width = min(n, width * 4)
-            _, wider = index.search(np.ascontiguousarray(-row_vectors[i : i + 1]), width)
-            pick = _first_free(wider[0], used, forbidden[i])
-        if pick is None:  # every item is taken: more rows than distinct passages
-            reused += 1
-            _, everything = index.search(np.ascontiguousarray(-row_vectors[i : i + 1]), n)
-            pick = next(int(c) for c in everything[0] if int(c) not in forbidden[i])
+        pick = None if i in full else _first_free(candidates[i], used, forbidden[i])
+        if pick is None:
+            if i not in full:
+                stuck = i + np.flatnonzero(used[np.maximum(candidates[i:], 0)].all(axis=1))
+                rows = [i] + [r for r in stuck[:batch].tolist() if r != i and r not in full]
+                full.update(zip(rows, row_vectors[rows] @ corpus_vectors.T, strict=True))
+            sims = full.pop(i)
+            blocked = np.fromiter(forbidden[i], dtype=np.int64, count=len(forbidden[i]))
+            sims[blocked] = np.inf
+            free = np.where(used, np.inf, sims)
+            pick = int(np.argmin(free))
+            if np.isinf(free[pick]):  # every item is taken: more rows than distinct passages
+                reused += 1
+                pick = int(np.argmin(sims))
         used[pick] = True
         chosen.append(pick)
     return chosen, reused
 
 
 def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int]) -> int | None:
-    for c in candidates:
-        c = int(c)
-        if c >= 0 and not used[c] and c not in forbidden:
+    valid = candidates[candidates >= 0]
+    for c in valid[~used[valid]].tolist():
+        if c not in forbidden:
             return c
     return None
 

@@ -119,13 +119,14 @@ def write_report(
         out += [f"- {k}: {v}" for k, v in train_info.items() if k != "log_history"]
         out += ["", _loss_curve(train_info.get("log_history", [])), ""]
     if model_dir:
+        data_dir = Path(model_dir).parent / "data"
         out += [
             "## Use the model",
             "",
-            f"Model folder: `{model_dir}`",
+            f"Model folder: `{model_dir}` (a sentence-transformers folder; its README.md carries these numbers).",
             "",
             "```",
-            f'ragtune search {model_dir} --corpus <data folder> "your question"',
+            f'ragtune search {model_dir} --corpus {data_dir} "your question"',
             "```",
             "",
         ]
