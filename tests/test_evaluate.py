@@ -3,7 +3,7 @@ import pytest
 
 from ragtune.data import LoadStats, PairData
 from ragtune.embeddings import Encoder
-from ragtune.evaluate import bm25_run, evaluate_systems, triplet_accuracy
+from ragtune.evaluate import bm25_run, evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.metrics import METRICS
 
 
@@ -40,5 +40,7 @@ def test_triplet_accuracy_matches_definition(tiny_model, tmp_path):
     qv, pv = enc.encode(q), enc.encode(p)
     nv = enc.encode([x[0] for x in n])
     expected = np.mean(np.sum(qv * pv, 1) > np.sum(qv * nv, 1))
-    assert triplet_accuracy(enc, q, p, n) == pytest.approx(expected)
-    assert triplet_accuracy(enc, ["a"], ["a"], [["a"]]) == 0.0  # a tie is not a win
+    scores = pair_scores(enc, q, p, n)
+    assert triplet_accuracy(scores) == pytest.approx(expected)
+    np.testing.assert_allclose(scores["positive"], np.sum(qv * pv, 1), rtol=1e-5)
+    assert triplet_accuracy(pair_scores(enc, ["a"], ["a"], [["a"]])) == 0.0  # a tie is not a win

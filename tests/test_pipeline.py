@@ -5,11 +5,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from conftest import write_jsonl
 from helpers import toy_rows
 
 from ragtune.config import RunConfig
+from ragtune.errors import RegressionError
 from ragtune.pipeline import run
 
 STAGE_DIRS = ["prepared", "mined", "data", "eval/base", "model", "eval/tuned"]
@@ -32,7 +34,7 @@ def _markers(out):
 
 def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_path, tmp_path, capsys):
     cfg = _config(tmp_path, tiny_model, pubmedqa_path)
-    summary = run(cfg)
+    summary = run(cfg, allow_regression=True)
     out = tmp_path / "run"
     for name in [
         "config.yaml",
@@ -48,20 +50,41 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
     assert set(summary["metrics"]) == {"bm25", "base", "tuned"}
     assert all(0 <= v <= 1 for m in summary["metrics"].values() for v in m.values())
     base = json.loads((out / "eval/base/result.json").read_text())
-    assert base["corpus"] == 60 and base["queries"] == 6  # test queries searched over every passage
+    assert base["test"]["corpus"] == 60 and base["test"]["queries"] == 6  # test queries over every passage
+    assert base["validation"]["queries"] == 6
+    results = json.loads((out / "results.json").read_text())
+    low, high = results["ci95"]["base"]["ndcg@10"]
+    assert low <= results["metrics"]["base"]["ndcg@10"] <= high
+    assert {(c["system"], c["baseline"]) for c in results["comparisons"]} == {
+        ("tuned", "base"),
+        ("base", "bm25"),
+        ("tuned", "bm25"),
+    }
+    assert all(c["verdict"] in ("significant", "not significant") for c in results["comparisons"])
     report = (out / "report.md").read_text()
     assert "| tuned |" in report and "ndcg@10" in report and "duplicate pairs dropped" in report
     assert "## ragtune evaluation" in (out / "model/README.md").read_text()
 
     before = _markers(out)
     capsys.readouterr()
-    run(cfg)
+    run(cfg, allow_regression=True)
     assert _markers(out) == before
     assert capsys.readouterr().out.count("up to date, skipped") == len(STAGE_DIRS)
 
-    run(_config(tmp_path, tiny_model, pubmedqa_path, learning_rate=1e-4))
+    run(_config(tmp_path, tiny_model, pubmedqa_path, learning_rate=1e-4), allow_regression=True)
     after = _markers(out)
     assert [d for d in STAGE_DIRS if after[d] != before[d]] == ["model", "eval/tuned"]
+
+
+def test_regression_guard_keeps_the_base_model(tiny_model, pubmedqa_path, tmp_path):
+    cfg = _config(tmp_path, tiny_model, pubmedqa_path, learning_rate=1e-12)  # training changes nothing
+    with pytest.raises(RegressionError, match="not better than the base model on validation"):
+        run(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["recommended_model"] == "base" and results["regression"]["regressed"]
+    assert "not better than the base model" in (tmp_path / "run" / "report.md").read_text()
+    cfg.allow_regression = True
+    assert run(cfg)["recommended_model"] == "base"  # accepted: same verdict, exit 0
 
 
 def test_killed_during_training_resumes_from_checkpoint(tiny_model, tmp_path):

@@ -205,19 +205,54 @@ def evaluate_cmd(
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
     models = {m: m for m in model}
-    result, triplet = evaluate_stage(
+    result = evaluate_stage(
         models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
     )
     systems = (["bm25"] if bm25 else []) + list(models)
+    triplet = result["triplet_accuracy"]
     extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
-    table = metrics_table(result.metrics, systems, extra)
-    typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
+    table = metrics_table(result["metrics"], systems, extra)
+    typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
     typer.echo(table)
     if output_json:
         output_json.parent.mkdir(parents=True, exist_ok=True)
-        output_json.write_text(json.dumps({s: result.metrics[s] for s in systems}, indent=2))
+        output_json.write_text(json.dumps({s: result["metrics"][s] for s in systems}, indent=2))
     if markdown:
         markdown.write_text(table + "\n")
+
+
+@app.command("compare")
+def compare_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model folders or Hub ids; the first is the reference.")],
+    data: Annotated[Path, typer.Option(help="Any supported dataset: ragtune data folder, BEIR folder, pairs file.")],
+    split: Annotated[
+        str | None, typer.Option(help="Split to evaluate (e.g. test); default: the whole dataset.")
+    ] = None,
+    output_json: Annotated[Path | None, typer.Option(help="Write metrics, intervals and comparisons here.")] = None,
+    bm25: Annotated[bool, typer.Option("--bm25/--no-bm25", help="Include the BM25 baseline.")] = True,
+    query_column: QueryColOpt = None,
+    passage_column: PassageColOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
+    max_seq_length: SeqOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Evaluate several models (and BM25) on one dataset; each difference to the first model gets a 95% CI and a
+    significant / not significant verdict."""
+    from ragtune.pipeline import compare_stage
+    from ragtune.report import comparison_table, metrics_table
+
+    settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
+    result = compare_stage(
+        models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+    )
+    comparisons = result.pop("_comparisons")
+    typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
+    typer.echo(metrics_table(result["metrics"], result["systems"], cis=result["ci95"]))
+    typer.echo("")
+    typer.echo(comparison_table(comparisons))
+    if output_json:
+        output_json.parent.mkdir(parents=True, exist_ok=True)
+        output_json.write_text(json.dumps(result, indent=2))
 
 
 @app.command("train")
@@ -308,6 +343,9 @@ def run_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override one setting, e.g. --set train.epochs=2 (repeatable).")
     ] = None,
+    allow_regression: Annotated[
+        bool, typer.Option(help="Exit 0 even if the tuned model is not better than the base on validation.")
+    ] = False,
 ) -> None:
     """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
     import yaml
@@ -333,7 +371,7 @@ def run_cmd(
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise RagtuneError(f"{config}: {format_validation_error(err)}") from err
-    run(cfg)
+    run(cfg, allow_regression=allow_regression)
 
 
 def main() -> None:
@@ -343,7 +381,7 @@ def main() -> None:
         if os.environ.get("RAGTUNE_DEBUG"):
             raise
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

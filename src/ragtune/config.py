@@ -89,6 +89,9 @@ class TrainConfig(Settings):
 class RunConfig(Settings):
     base_model: str = Field("default", description="'default' (packaged all-MiniLM-L6-v2), a folder or Hub id.")
     output_dir: str = "runs/ragtune"
+    allow_regression: bool = Field(
+        False, description="Exit 0 even when the tuned model is not better than the base model on validation."
+    )
     data: DataConfig = DataConfig()
     mining: MiningConfig = MiningConfig()
     split: SplitConfig = SplitConfig()

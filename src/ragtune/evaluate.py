@@ -90,22 +90,29 @@ def evaluate_systems(
     return result
 
 
-def triplet_accuracy(encoder: Encoder, queries: list[str], positives: list[str], negatives: list[list[str]]) -> float:
-    """The classic TripletEvaluator number: share of (query, positive, negative) with cos(q,p) > cos(q,n).
-
-    Computed from cached embeddings rather than sentence-transformers' TripletEvaluator, which would encode every
-    positive and negative again; the definition is the same.
-    """
-    if not queries:
-        return float("nan")
+def pair_scores(
+    encoder: Encoder, queries: list[str], positives: list[str], negatives: list[list[str]]
+) -> dict[str, list[float]]:
+    """Cosine of each query to its positive and to each of its negatives (from cached embeddings)."""
     q = encoder.encode(queries, desc="encoding queries")
     p = encoder.encode(positives, desc="encoding passages")
-    pos = np.einsum("ij,ij->i", q, p)
-    wins, total = 0, 0
-    width = max(len(n) for n in negatives)
+    out = {"positive": np.einsum("ij,ij->i", q, p).tolist(), "negative": [], "negative_row": []}
+    width = max((len(n) for n in negatives), default=0)
     for j in range(width):
         rows = [i for i, n in enumerate(negatives) if len(n) > j]
         n = encoder.encode([negatives[i][j] for i in rows], desc="encoding passages")
-        wins += int(np.sum(pos[rows] > np.einsum("ij,ij->i", q[rows], n)))
-        total += len(rows)
-    return wins / total if total else float("nan")
+        out["negative"] += np.einsum("ij,ij->i", q[rows], n).tolist()
+        out["negative_row"] += rows
+    return out
+
+
+def triplet_accuracy(scores: dict[str, list[float]]) -> float:
+    """The classic TripletEvaluator number: share of (query, positive, negative) with cos(q,p) > cos(q,n).
+
+    Computed from cached embeddings (`pair_scores`) rather than sentence-transformers' TripletEvaluator, which would
+    encode every positive and negative again; the definition is the same.
+    """
+    if not scores["negative"]:
+        return float("nan")
+    pos = np.asarray(scores["positive"])[scores["negative_row"]]
+    return float(np.mean(pos > np.asarray(scores["negative"])))

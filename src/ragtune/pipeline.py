@@ -28,14 +28,14 @@ from rich.console import Console
 from ragtune import data as data_mod
 from ragtune.config import DataConfig, EvalConfig, MiningConfig, RunConfig, SplitConfig
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
-from ragtune.errors import RagtuneError
-from ragtune.evaluate import EvalResult, evaluate_systems, triplet_accuracy
+from ragtune.errors import RagtuneError, RegressionError
+from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.mining import Row, mine
-from ragtune.report import metrics_table, verdict, write_report
 from ragtune.splits import push_to_hub, save_splits, split_queries
 
 console = Console()
 STAGE_FILE = ".stage.json"
+EVAL_VERSION = 2  # bump when the evaluation output changes, so finished runs re-evaluate
 
 
 def _key(*parts: Any) -> str:
@@ -131,8 +131,12 @@ def evaluate_stage(
     bm25: bool | None = None,
     query_column: str = "query",
     passage_column: str = "passage",
-) -> tuple[EvalResult, dict[str, float | None]]:
-    """Retrieval metrics on one split over the full corpus, plus triplet accuracy where rows carry negatives."""
+) -> dict[str, Any]:
+    """Retrieval metrics on one split over the full corpus, plus the mined triplets' scores where rows have them.
+
+    Returns a JSON-able dict: metrics, per-query values, top-10 ids, and (ragtune data only) `pair_scores` and
+    `triplet_accuracy` per model.
+    """
     for model in models.values():
         resolve_model(model)  # a wrong model path fails before any data is read or encoded
     data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
@@ -145,34 +149,68 @@ def evaluate_stage(
     result = evaluate_systems(
         models, queries, config.bm25 if bm25 is None else bm25, cache_dir, config.max_seq_length, config.batch_size
     )
-    triplet = {name: _triplet(name_model, data_path, split, cache_dir, config) for name, name_model in models.items()}
-    return result, triplet
-
-
-def _triplet(model: str, data_path: Path, split: str | None, cache_dir, config: EvalConfig) -> float | None:
-    if not (Path(data_path) / data_mod.DATA_MARKER).exists():
-        return None
-    import datasets
-
-    ds = datasets.load_from_disk(str(data_path))[split or "test"]
-    neg_cols = [c for c in ds.column_names if c.startswith("negative") and not c.endswith("_id")]
-    if not neg_cols or len(ds) == 0:
-        return None
-    encoder = Encoder(model, cache_dir, config.max_seq_length, config.batch_size)
-    return triplet_accuracy(
-        encoder, ds["query"], ds["positive"], [list(t) for t in zip(*[ds[c] for c in neg_cols], strict=True)]
-    )
-
-
-def result_to_json(result: EvalResult, triplet: dict[str, float | None]) -> dict[str, Any]:
-    return {
+    out = {
         "metrics": result.metrics,
-        "triplet_accuracy": triplet,
         "per_query": result.per_query,
         "top10": result.top,
         "queries": result.queries,
         "corpus": result.corpus,
+        "pair_scores": {},
+        "triplet_accuracy": {},
     }
+    for name, model in models.items():
+        scores = _pair_scores(model, data_path, split, cache_dir, config)
+        out["triplet_accuracy"][name] = triplet_accuracy(scores) if scores else None
+        if scores:
+            out["pair_scores"][name] = scores
+    return out
+
+
+def compare_stage(
+    models: list[str],
+    data_path: Path,
+    split: str | None,
+    config: EvalConfig,
+    cache_dir: Path | None,
+    bm25: bool = True,
+    query_column: str = "query",
+    passage_column: str = "passage",
+) -> dict[str, Any]:
+    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals."""
+    from ragtune.metrics import METRICS
+    from ragtune.report import compare_all
+    from ragtune.significance import mean_ci
+
+    named = dict.fromkeys(models)
+    result = evaluate_stage(
+        {m: m for m in named}, data_path, split, config, cache_dir, bm25, query_column, passage_column
+    )
+    systems = list(named) + (["bm25"] if bm25 else [])
+    per_query = result["per_query"]
+    comparisons = compare_all(per_query, systems[0], systems[1:])
+    return {
+        "systems": systems,
+        "metrics": {s: result["metrics"][s] for s in systems},
+        "ci95": {s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems},
+        "comparisons": [c.to_dict() for c in comparisons],
+        "queries": result["queries"],
+        "corpus": result["corpus"],
+        "_comparisons": comparisons,
+    }
+
+
+def _pair_scores(model: str, data_path: Path, split: str | None, cache_dir, config: EvalConfig) -> dict | None:
+    if split is None or not (Path(data_path) / data_mod.DATA_MARKER).exists():
+        return None  # only ragtune's own splits carry mined negatives
+    import datasets
+
+    ds = datasets.load_from_disk(str(data_path))[split]
+    neg_cols = [c for c in ds.column_names if c.startswith("negative") and not c.endswith("_id")]
+    if len(ds) == 0:
+        return None
+    encoder = Encoder(model, cache_dir, config.max_seq_length, config.batch_size)
+    negatives = [list(t) for t in zip(*[ds[c] for c in neg_cols], strict=True)] if neg_cols else [[] for _ in ds]
+    return pair_scores(encoder, ds["query"], ds["positive"], negatives)
 
 
 # ---- the whole run ---------------------------------------------------------------------------------------------
@@ -189,7 +227,7 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
     return True
 
 
-def run(config: RunConfig, config_text: str | None = None) -> dict[str, Any]:
+def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
@@ -218,9 +256,9 @@ def run(config: RunConfig, config_text: str | None = None) -> dict[str, Any]:
     _stage("split", out / "data", k_split, lambda: split_stage(out / "mined", config.split, out / "data", cache))
 
     eval_dir = out / "eval"
-    k_base = _key(k_split, config.evaluate.model_dump(), base_key)
+    k_base = _key(k_split, config.evaluate.model_dump(), base_key, EVAL_VERSION)
     _stage(
-        "evaluate base model and BM25 (test split, full corpus)",
+        "evaluate base model and BM25 (full corpus)",
         eval_dir / "base",
         k_base,
         lambda: _save_eval({"base": base}, out, eval_dir / "base", config.evaluate, bm25=True),
@@ -228,27 +266,38 @@ def run(config: RunConfig, config_text: str | None = None) -> dict[str, Any]:
 
     k_train = _key(k_split, config.train.model_dump(), base_key)
     _stage("train", out / "model", k_train, lambda: _train(config, base, out, k_train))
-    k_tuned = _key(k_train, config.evaluate.model_dump())
+    k_tuned = _key(k_train, config.evaluate.model_dump(), EVAL_VERSION)
     _stage(
-        "evaluate tuned model (test split, full corpus)",
+        "evaluate tuned model (full corpus)",
         eval_dir / "tuned",
         k_tuned,
         lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False),
     )
 
-    summary = _summarise(config, out, resolved_yaml)
+    from ragtune.report import summarise_run
+
+    summary = summarise_run(out, resolved_yaml)
     console.rule("[bold]result")
     console.print(summary["table"], soft_wrap=True, markup=False)
     console.print()
     console.print(summary["verdict"], markup=False)
-    console.print(f"\nmodel:  {out / 'model'}\nreport: {out / 'report.md'}")
+    console.print(f"\nmodel:  {out / 'model'}\nreport: {summary['report']} (and {summary['report_md']})")
+    guard = summary["regression"]
+    if guard["regressed"]:
+        console.print(f"\n[bold red]{guard['message']}[/bold red]")
+        if not (allow_regression or config.allow_regression):
+            raise RegressionError(guard["message"] + " Pass --allow-regression to accept it.")
     return summary
 
 
 def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConfig, bm25: bool) -> None:
-    result, triplet = evaluate_stage(models, out / "data", "test", config, out / "cache", bm25=bm25)
+    meta = json.loads((out / "data" / data_mod.DATA_MARKER).read_text())
+    results = {}
+    for split in ("validation", "test"):
+        if meta["splits"][split]["queries"]:
+            results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps(result_to_json(result, triplet)))
+    (folder / "result.json").write_text(json.dumps(results))
 
 
 def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
@@ -268,53 +317,3 @@ def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
         "resumed_from": result.resumed_from,
     }
     (out / "model" / "ragtune_train.json").write_text(json.dumps(info, indent=2))
-
-
-def _summarise(config: RunConfig, out: Path, resolved_yaml: str) -> dict[str, Any]:
-    base = json.loads((out / "eval" / "base" / "result.json").read_text())
-    tuned = json.loads((out / "eval" / "tuned" / "result.json").read_text())
-    metrics = {**base["metrics"], **tuned["metrics"]}
-    triplet = {**base["triplet_accuracy"], **tuned["triplet_accuracy"]}
-    systems = [s for s in ("bm25", "base", "tuned") if s in metrics]
-    table = metrics_table(metrics, systems, {"triplet accuracy": triplet})
-    data_meta = json.loads((out / "data" / data_mod.DATA_MARKER).read_text())
-    train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
-    history = json.loads((out / "model" / "training_log.json").read_text())
-    report = write_report(
-        out / "report.md",
-        Path(config.output_dir).name,
-        resolved_yaml,
-        data_meta["load_stats"],
-        data_meta.get("mining", {}),
-        data_meta,
-        metrics,
-        triplet,
-        {"queries": base["queries"], "corpus": base["corpus"]},
-        {**train_info, "log_history": history},
-        str(out / "model"),
-    )
-    _model_card_section(out / "model", table, verdict(metrics))
-    (out / "results.json").write_text(json.dumps({"metrics": metrics, "triplet_accuracy": triplet}, indent=2))
-    return {
-        "metrics": metrics,
-        "triplet_accuracy": triplet,
-        "table": table,
-        "verdict": verdict(metrics),
-        "report": str(report),
-    }
-
-
-def _model_card_section(model_dir: Path, table: str, conclusion: str) -> None:
-    card = model_dir / "README.md"
-    marker = "\n## ragtune evaluation\n"
-    text = card.read_text() if card.exists() else ""
-    text = text.split(marker)[0]
-    card.write_text(
-        text
-        + marker
-        + "\nHeld-out test queries, searched over the full corpus.\n\n"
-        + table
-        + "\n\n"
-        + conclusion
-        + "\n"
-    )

@@ -1,12 +1,21 @@
-"""Turn a run's numbers into a Markdown report a person wants to read: what data, what changed, did it help."""
+"""Turn a run's numbers into a report a person wants to read: what data, what changed, is the change real.
+
+`summarise_run` reads a finished run directory and writes `results.json`, `report.md` and `report.html`; the
+tables here are also what the CLI prints.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ragtune.metrics import METRICS
+from ragtune.significance import Comparison, compare, mean_ci
+
+HEADLINE = "ndcg@10"
+COMPARED = ("ndcg@10", "mrr@10", "recall@10")
 
 
 def _fmt(value: float | None) -> str:
@@ -17,83 +26,195 @@ def metrics_table(
     metrics: dict[str, dict[str, float]],
     systems: list[str] | None = None,
     extra: dict[str, dict[str, float | None]] | None = None,
+    cis: dict[str, dict[str, tuple[float, float]]] | None = None,
 ) -> str:
-    """A Markdown table, one row per system; `extra` adds columns such as triplet accuracy."""
+    """A Markdown table, one row per system; `cis` adds a 95% interval to each value, `extra` more columns."""
     systems = systems or list(metrics)
     extra = extra or {}
-    extra_cols = list(extra)
-    head = "| system | " + " | ".join(list(METRICS) + extra_cols) + " |"
-    rule = "|---|" + "---:|" * (len(METRICS) + len(extra_cols))
-    lines = [head, rule]
+    head = "| system | " + " | ".join(list(METRICS) + list(extra)) + " |"
+    lines = [head, "|---|" + "---:|" * (len(METRICS) + len(extra))]
     for s in systems:
-        cells = [_fmt(metrics[s].get(m)) for m in METRICS] + [_fmt(extra[c].get(s)) for c in extra_cols]
+        cells = []
+        for m in METRICS:
+            cell = _fmt(metrics[s].get(m))
+            if cis and s in cis:
+                low, high = cis[s][m]
+                cell += f" [{low:.3f}, {high:.3f}]"
+            cells.append(cell)
+        cells += [_fmt(extra[c].get(s)) for c in extra]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def verdict(
-    metrics: dict[str, dict[str, float]], base: str = "base", tuned: str = "tuned", metric: str = "ndcg@10"
-) -> str:
-    """One honest sentence on whether fine-tuning helped, in absolute points of `metric`."""
-    if tuned not in metrics or base not in metrics:
+def comparison_table(comparisons: list[Comparison]) -> str:
+    lines = ["| system | vs | metric | difference | 95% CI | p | verdict |", "|---|---|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        lines.append(
+            f"| {c.system} | {c.baseline} | {c.metric} | {c.delta * 100:+.2f} pts | "
+            f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}] | {c.p_value:.3f} | {c.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def compare_all(
+    per_query: dict[str, dict[str, dict[str, float]]], baseline: str, systems: list[str], metrics=COMPARED
+) -> list[Comparison]:
+    """Each system against `baseline`, paired over the same queries, for each metric."""
+    return [
+        compare(per_query[baseline][m], per_query[s][m], m, (baseline, s))
+        for s in systems
+        if s != baseline
+        for m in metrics
+    ]
+
+
+def verdict(metrics: dict[str, dict[str, float]], comparison: Comparison | None = None) -> str:
+    """One honest sentence on whether fine-tuning helped, with its interval when one is given."""
+    if "tuned" not in metrics or "base" not in metrics:
         return ""
-    b, t = metrics[base][metric], metrics[tuned][metric]
-    delta = t - b
-    words = f"{metric} {b:.4f} → {t:.4f} ({delta * 100:+.2f} points)"
-    if abs(delta) < 0.005:
-        text = f"Fine-tuning made no meaningful difference on the test queries: {words}."
-    elif delta > 0:
+    b, t = metrics["base"][HEADLINE], metrics["tuned"][HEADLINE]
+    words = f"{HEADLINE} {b:.4f} → {t:.4f} ({(t - b) * 100:+.2f} points"
+    if comparison is not None:
+        words += f", 95% CI [{comparison.ci_low * 100:+.2f}, {comparison.ci_high * 100:+.2f}]"
+    words += ")"
+    if comparison is not None and not comparison.significant:
+        text = f"No significant difference between the tuned and the base model on the test queries: {words}."
+    elif t > b:
         text = f"The tuned model retrieves better than the base model on the held-out test queries: {words}."
-    else:
+    elif t < b:
         text = (
             f"The tuned model is WORSE than the base model on the held-out test queries: {words}. "
             "Keep using the base model, or change the data or training settings."
         )
+    else:
+        text = f"Fine-tuning changed nothing on the test queries: {words}."
     if "bm25" in metrics:
-        bm = metrics["bm25"][metric]
+        bm = metrics["bm25"][HEADLINE]
         text += f" BM25 scores {bm:.4f}; the tuned model is {'above' if t > bm else 'not above'} it."
     return text
 
 
-def _loss_curve(history: list[dict[str, Any]]) -> str:
-    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h[k]) for h in history for k in h if k.endswith("ndcg@10")]
-    lines = []
-    if losses:
-        lines.append("Training loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in losses) + ".")
-    if evals:
-        lines.append("Validation NDCG@10 (full corpus) by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in evals) + ".")
-    return "\n\n".join(lines)
+def regression_check(base_val: dict | None, tuned_val: dict | None) -> dict[str, Any]:
+    """Is the tuned model better than the base on validation? If not, the base stays the recommended model."""
+    if not base_val or not tuned_val:
+        return {"regressed": False, "checked": False, "message": "no validation split: regression not checked"}
+    b, t = base_val["metrics"]["base"][HEADLINE], tuned_val["metrics"]["tuned"][HEADLINE]
+    regressed = t <= b
+    message = (
+        f"The tuned model is not better than the base model on validation ({HEADLINE} {b:.4f} → {t:.4f}); "
+        "the base model remains the recommended model."
+        if regressed
+        else f"The tuned model beats the base model on validation ({HEADLINE} {b:.4f} → {t:.4f})."
+    )
+    return {"regressed": regressed, "checked": True, "base": b, "tuned": t, "message": message}
 
 
-def write_report(
-    path: str | Path,
-    title: str,
-    config_yaml: str,
-    load_stats: dict[str, Any],
-    mining_stats: dict[str, Any],
-    split_meta: dict[str, Any],
-    metrics: dict[str, dict[str, float]],
-    triplet: dict[str, float | None],
-    eval_info: dict[str, Any],
-    train_info: dict[str, Any] | None,
-    model_dir: str | None,
-) -> Path:
-    path = Path(path)
+def _movers(per_query, queries, corpus, qrels, top10, n: int = 5) -> dict[str, list[dict]]:
+    """The test queries whose NDCG@10 rose or fell most with tuning, with each system's top results."""
+    base, tuned = per_query["base"][HEADLINE], per_query["tuned"][HEADLINE]
+    deltas = sorted(((tuned[q] - base[q], q) for q in base), key=lambda x: x[0])
+
+    def entry(delta: float, q: str) -> dict:
+        def hits(system: str) -> list[dict]:
+            return [
+                {"id": d, "text": corpus[d][:300], "relevant": d in qrels.get(q, {})}
+                for d in top10[system].get(q, [])[:3]
+            ]
+
+        def first_relevant(system: str) -> str:
+            ranks = [i + 1 for i, d in enumerate(top10[system].get(q, [])) if d in qrels.get(q, {})]
+            return str(ranks[0]) if ranks else ">10"
+
+        return {
+            "query": queries[q],
+            "delta": delta,
+            "base_rank": first_relevant("base"),
+            "tuned_rank": first_relevant("tuned"),
+            "base": base[q],
+            "tuned": tuned[q],
+            "base_top": hits("base"),
+            "tuned_top": hits("tuned"),
+        }
+
+    return {
+        "improved": [entry(d, q) for d, q in reversed(deltas[-n:]) if d > 0],
+        "worsened": [entry(d, q) for d, q in deltas[:n] if d < 0],
+    }
+
+
+def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
+    from ragtune.data import DATA_MARKER, load_ragtune_data
+    from ragtune.report_html import write_html
+
+    base = json.loads((out / "eval" / "base" / "result.json").read_text())
+    tuned = json.loads((out / "eval" / "tuned" / "result.json").read_text())
+    test_base, test_tuned = base["test"], tuned["test"]
+    metrics = {**test_base["metrics"], **test_tuned["metrics"]}
+    per_query = {**test_base["per_query"], **test_tuned["per_query"]}
+    top10 = {**test_base["top10"], **test_tuned["top10"]}
+    triplet = {**test_base["triplet_accuracy"], **test_tuned["triplet_accuracy"]}
     systems = [s for s in ("bm25", "base", "tuned") if s in metrics]
-    s = load_stats
-    out = [f"# ragtune report: {title}", ""]
-    conclusion = verdict(metrics)
-    if conclusion:
-        out += [f"**{conclusion}**", ""]
+    cis = {s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems}
+    comparisons = compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"])
+    headline = next(c for c in comparisons if c.baseline == "base" and c.metric == HEADLINE)
+    conclusion = verdict(metrics, headline)
+    guard = regression_check(base.get("validation"), tuned.get("validation"))
+    data_meta = json.loads((out / "data" / DATA_MARKER).read_text())
+    train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
+    history = json.loads((out / "model" / "training_log.json").read_text())
+    data = load_ragtune_data(out / "data")
+    movers = _movers(per_query, data.queries, data.corpus, data.qrels, top10)
+    summary = {
+        "metrics": metrics,
+        "ci95": cis,
+        "triplet_accuracy": triplet,
+        "comparisons": [c.to_dict() for c in comparisons],
+        "verdict": conclusion,
+        "regression": guard,
+        "recommended_model": "base" if guard["regressed"] else "tuned",
+        "test_queries": test_base["queries"],
+        "corpus": test_base["corpus"],
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    table = metrics_table(metrics, systems, {"triplet accuracy": triplet})
+    context = {
+        **summary,
+        "title": out.name,
+        "systems": systems,
+        "table_md": metrics_table(metrics, systems, {"triplet accuracy": triplet}, cis),
+        "comparison_md": comparison_table(comparisons),
+        "config_yaml": resolved_yaml,
+        "data_meta": data_meta,
+        "train_info": train_info,
+        "history": history,
+        "pair_scores": {**test_base["pair_scores"], **test_tuned["pair_scores"]},
+        "movers": movers,
+        "model_dir": str(out / "model"),
+        "data_dir": str(out / "data"),
+    }
+    md = write_markdown(out / "report.md", context)
+    html = write_html(out / "report.html", context)
+    _model_card_section(out / "model", context["table_md"], context["comparison_md"], conclusion)
+    return {**summary, "table": table, "report": str(html), "report_md": str(md)}
+
+
+def write_markdown(path: Path, c: dict[str, Any]) -> Path:
+    s = c["data_meta"]["load_stats"]
+    splits = c["data_meta"]["splits"]
+    out = [f"# ragtune report: {c['title']}", "", f"**{c['verdict']}**", "", c["regression"]["message"], ""]
     out += [
-        f"## Test split: {eval_info['queries']} queries searched over the full corpus of {eval_info['corpus']} "
-        "passages",
+        f"## Test split: {c['test_queries']} queries searched over the full corpus of {c['corpus']} passages",
         "",
-        metrics_table(metrics, systems, {"triplet accuracy": triplet}),
+        "Each value is the mean over test queries with its 95% bootstrap interval.",
         "",
-        "Metrics as trec_eval defines them (graded NDCG). Triplet accuracy is the classic recipe's number: the share "
-        "of (query, positive, mined negative) where the positive scores higher; with easy negatives it saturates "
+        c["table_md"],
+        "",
+        "Paired comparisons over the same queries (bootstrap interval of the difference, sign-flip permutation p):",
+        "",
+        c["comparison_md"],
+        "",
+        "Metrics follow trec_eval (graded NDCG). Triplet accuracy is the classic recipe's number: the share of "
+        "(query, positive, mined negative) where the positive scores higher; with easy negatives it saturates "
         "near 1.0 and says little, which is why retrieval over the full corpus is the headline.",
         "",
         "## Data",
@@ -102,34 +223,49 @@ def write_report(
         f"- rows read: {s['rows_read']}; pairs kept: {s['pairs']} over {s['queries']} queries and "
         f"{s['passages']} distinct passages",
         f"- duplicate pairs dropped: {s['duplicate_pairs_dropped']}; bad rows skipped: {s['bad_rows_skipped']}; "
-        f"non-relevant judgements ignored: {s['non_relevant_judgements']}; pairs left out by sampling: "
-        f"{s['pairs_sampled_out']}",
+        f"non-relevant judgements ignored: {s['non_relevant_judgements']}; "
+        f"pairs left out by sampling: {s['pairs_sampled_out']}",
         f"- passages relevant to more than one query: {s['passages_under_several_queries']}",
-        "- splits (by query, so no test query is trained on): "
-        + ", ".join(f"{k} {v['queries']} queries / {v['rows']} rows" for k, v in split_meta["splits"].items())
-        + f" ({split_meta.get('split_method', 'random')})",
+        f"- splits ({c['data_meta'].get('split_method', 'random')}): "
+        + ", ".join(f"{k} {v['queries']} queries / {v['rows']} rows" for k, v in splits.items()),
+    ]
+    leakage = c["data_meta"].get("leakage")
+    if leakage:
+        out += [f"- leakage across splits: {leakage['summary']}"]
+    out += ["", "## Negatives", ""] + [f"- {k}: {v}" for k, v in c["data_meta"].get("mining", {}).items()]
+    out += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in c["train_info"].items()]
+    for kind in ("improved", "worsened"):
+        if c["movers"][kind]:
+            out += ["", f"## Test queries that {kind} most", ""]
+            out += [
+                f"- {m['delta'] * 100:+.1f} pts (first relevant at rank {m['base_rank']} → {m['tuned_rank']}): "
+                f"{m['query']}"
+                for m in c["movers"][kind]
+            ]
+    out += [
         "",
-        "## Negatives",
+        "## Use the model",
         "",
-        "\n".join(f"- {k}: {v}" for k, v in mining_stats.items()),
+        f"Model folder: `{c['model_dir']}` (a sentence-transformers folder; its README.md carries these numbers).",
+        "",
+        "```",
+        f'ragtune search {c["model_dir"]} --corpus {c["data_dir"]} "your question"',
+        "```",
+        "",
+        "## Configuration",
+        "",
+        "```yaml",
+        c["config_yaml"].strip(),
+        "```",
         "",
     ]
-    if train_info:
-        out += ["## Training", ""]
-        out += [f"- {k}: {v}" for k, v in train_info.items() if k != "log_history"]
-        out += ["", _loss_curve(train_info.get("log_history", [])), ""]
-    if model_dir:
-        data_dir = Path(model_dir).parent / "data"
-        out += [
-            "## Use the model",
-            "",
-            f"Model folder: `{model_dir}` (a sentence-transformers folder; its README.md carries these numbers).",
-            "",
-            "```",
-            f'ragtune search {model_dir} --corpus {data_dir} "your question"',
-            "```",
-            "",
-        ]
-    out += ["## Configuration", "", "```yaml", config_yaml.strip(), "```", ""]
     path.write_text("\n".join(out))
     return path
+
+
+def _model_card_section(model_dir: Path, table: str, comparisons: str, conclusion: str) -> None:
+    card = model_dir / "README.md"
+    marker = "\n## ragtune evaluation\n"
+    text = card.read_text().split(marker)[0] if card.exists() else ""
+    body = f"\nHeld-out test queries, searched over the full corpus.\n\n{table}\n\n{comparisons}\n\n{conclusion}\n"
+    card.write_text(text + marker + body)
