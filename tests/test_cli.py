@@ -166,3 +166,58 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [{"query": "q", "passage": "p"}])
     result = _cli("evaluate", "--model", tmp_path / "missing", "--data", good)
     assert result.returncode == 2 and "model folder not found" in result.stderr
+
+
+def test_compare_identical_models_is_not_significant(tiny_model, tmp_path):
+    from helpers import split_folder
+
+    data = split_folder(tmp_path, tiny_model)
+    out = _ok(
+        [
+            "compare",
+            tiny_model,
+            tiny_model,
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--output-json",
+            tmp_path / "c.json",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["systems"] == [str(tiny_model), "bm25"]  # the same model twice is one system
+    (bm25_vs,) = [c for c in result["comparisons"] if c["metric"] == "ndcg@10"]
+    assert bm25_vs["baseline"] == str(tiny_model) and bm25_vs["verdict"] in ("significant", "not significant")
+    assert "significant" in out and "95% CI" in out
+    low, high = result["ci95"]["bm25"]["ndcg@10"]
+    assert low <= result["metrics"]["bm25"]["ndcg@10"] <= high
+
+
+def test_compare_two_models_reports_difference_with_interval(tiny_model, tmp_path):
+    import shutil
+
+    from helpers import split_folder
+
+    data = split_folder(tmp_path, tiny_model)
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model, twin)
+    _ok(
+        [
+            "compare",
+            tiny_model,
+            twin,
+            "--data",
+            data,
+            "--no-bm25",
+            "--output-json",
+            tmp_path / "c.json",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    result = json.loads((tmp_path / "c.json").read_text())
+    ndcg = next(c for c in result["comparisons"] if c["metric"] == "ndcg@10")
+    assert ndcg["delta"] == 0 and ndcg["verdict"] == "not significant"  # same weights, same ranking

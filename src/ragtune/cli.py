@@ -78,6 +78,9 @@ def prepare(
     ] = None,
     max_pairs: Annotated[int | None, typer.Option(help="Keep a seeded sample of about this many pairs.")] = None,
     sample_seed: Annotated[int | None, typer.Option(help="Seed of that sample.")] = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="Column whose value keeps rows together when splitting (--split-by group).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Load (query, passage) pairs, drop duplicates, check every text, and save them in one shape."""
@@ -94,6 +97,7 @@ def prepare(
         skip_bad_rows=skip_bad_rows,
         max_pairs=max_pairs,
         sample_seed=sample_seed,
+        group_column=group_column,
     )
     loaded = prepare_stage(settings, out)
     typer.echo(json.dumps(loaded.stats.to_dict(), indent=2))
@@ -161,10 +165,19 @@ def split_cmd(
     push_to_hub: Annotated[
         str | None, typer.Option(help="Also push to this Hub dataset repo (token: HF_TOKEN).")
     ] = None,
+    split_by: Annotated[
+        str | None, typer.Option(help="pair (by query), passage (no passage in two splits) or group.")
+    ] = None,
+    near_duplicate_cosine: Annotated[
+        float | None, typer.Option(help="Leakage report: cosine at which texts count as near-identical (0.95).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model for the near-identical check (default: none).")
+    ] = None,
     cache_dir: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Split rows by query into train/validation/test and save a DatasetDict plus the full corpus."""
+    """Split rows into train/validation/test, save a DatasetDict plus the full corpus, and report leakage."""
     from ragtune.pipeline import split_stage
 
     settings = _settings(
@@ -177,8 +190,10 @@ def split_cmd(
         seed=seed,
         use_predefined=use_predefined,
         push_to_hub=push_to_hub,
+        split_by=split_by,
+        near_duplicate_cosine=near_duplicate_cosine,
     )
-    meta = split_stage(mined, settings, out, cache_dir)
+    meta = split_stage(mined, settings, out, cache_dir, model)
     typer.echo(json.dumps(meta["splits"], indent=2))
     typer.echo(f"splits written to {out} ({meta['split_method']} split)")
 

@@ -26,6 +26,7 @@ class DataConfig(Settings):
     query_column: str = "query"
     passage_column: str = "passage"
     skip_bad_rows: bool = Field(False, description="Skip (and count) rows with an empty or missing text.")
+    group_column: str | None = Field(None, description="Rows sharing this column's value stay in one split.")
     max_pairs: int | None = Field(None, ge=1, description="Keep a seeded sample of this many pairs (whole queries).")
     sample_seed: int = 42
 
@@ -59,6 +60,13 @@ class SplitConfig(Settings):
         True, description="Keep the dataset's own train/test split (BEIR qrels files, DatasetDict splits)."
     )
     push_to_hub: str | None = Field(None, description="Hub repo id to push the splits to (token from HF_TOKEN).")
+    split_by: Literal["pair", "passage", "group"] = Field(
+        "pair",
+        description="pair: by query; passage: no passage in two splits; group: data.group_column values together.",
+    )
+    near_duplicate_cosine: float = Field(
+        0.95, gt=0, le=1, description="Leakage report: texts this similar across splits count as near-identical."
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

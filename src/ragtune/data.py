@@ -39,6 +39,7 @@ class LoadStats:
     queries: int = 0
     passages: int = 0
     passages_under_several_queries: int = 0
+    rows_without_group: int = 0
     skipped_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,6 +55,7 @@ class PairData:
     qrels: dict[str, dict[str, float]]
     stats: LoadStats
     splits: dict[str, list[str]] | None = None  # the source's own split: name -> query ids
+    groups: dict[str, list[str]] = field(default_factory=dict)  # query id -> values of the group column
 
     def pairs(self, query_ids: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
         qids = self.qrels.keys() if query_ids is None else query_ids
@@ -67,6 +69,7 @@ class PairData:
             queries={q: self.queries[q] for q in qids},
             qrels={q: self.qrels[q] for q in qids},
             stats=self.stats,
+            groups={q: self.groups[q] for q in qids if q in self.groups},
         )
 
 
@@ -82,9 +85,11 @@ def normalise(text: str) -> str:
 class _Builder:
     """Accumulates pairs, deduplicating queries, passages and pairs and validating every text."""
 
-    def __init__(self, source: str, fmt: str, skip_bad_rows: bool):
+    def __init__(self, source: str, fmt: str, skip_bad_rows: bool, group_column: str | None = None):
         self.stats = LoadStats(source=source, format=fmt)
         self.skip_bad_rows = skip_bad_rows
+        self.group_column = group_column
+        self.groups: dict[str, set[str]] = {}
         self.corpus: dict[str, str] = {}
         self.queries: dict[str, str] = {}
         self.qrels: dict[str, dict[str, float]] = {}
@@ -137,11 +142,19 @@ class _Builder:
         passage = self.text(record.get(passage_column), where, passage_column)
         if passage is None:
             return
-        self.add_pair(self.add_query(query), self.add_passage(passage))
+        qid = self.add_query(query)
+        self.add_pair(qid, self.add_passage(passage))
+        if self.group_column:
+            group = record.get(self.group_column)
+            if group is None or (isinstance(group, float) and math.isnan(group)) or not str(group).strip():
+                self.stats.rows_without_group += 1  # such a row's query is a group of its own
+            else:
+                self.groups.setdefault(qid, set()).add(str(group))
 
     def finish(self, splits: dict[str, list[str]] | None = None) -> PairData:
         queries = {q: t for q, t in self.queries.items() if q in self.qrels}
-        data = PairData(self.corpus, queries, self.qrels, self.stats, splits)
+        groups = {q: sorted(g) for q, g in self.groups.items() if q in self.qrels}
+        data = PairData(self.corpus, queries, self.qrels, self.stats, splits, groups)
         _count(data)
         return data
 
@@ -202,11 +215,13 @@ def _first_columns(path: Path, rows: Iterator[tuple[str, dict[str, Any]]]):
     return first
 
 
-def load_table(path: Path, fmt: str, query_column: str, passage_column: str, skip_bad_rows: bool) -> PairData:
+def load_table(
+    path: Path, fmt: str, query_column: str, passage_column: str, skip_bad_rows: bool, group_column: str | None = None
+) -> PairData:
     rows = _read_jsonl(path) if fmt == "jsonl" else _read_frame(path, fmt)
     where, record = _first_columns(path, rows)
-    _check_columns(path, record.keys(), [query_column, passage_column])
-    builder = _Builder(str(path), fmt, skip_bad_rows)
+    _check_columns(path, record.keys(), [query_column, passage_column] + ([group_column] if group_column else []))
+    builder = _Builder(str(path), fmt, skip_bad_rows, group_column)
     builder.row(record, where, query_column, passage_column)
     for where, record in rows:
         builder.row(record, where, query_column, passage_column)
@@ -302,7 +317,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def load_hf(folder: Path, query_column: str, passage_column: str, skip_bad_rows: bool) -> PairData:
+def load_hf(
+    folder: Path, query_column: str, passage_column: str, skip_bad_rows: bool, group_column: str | None = None
+) -> PairData:
     import datasets
 
     marker = folder / DATA_MARKER
@@ -313,12 +330,13 @@ def load_hf(folder: Path, query_column: str, passage_column: str, skip_bad_rows:
     except Exception as err:
         raise RagtuneError(f"{folder}: not a dataset saved with save_to_disk: {err}") from err
     parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
-    builder = _Builder(str(folder), "hf", skip_bad_rows)
+    builder = _Builder(str(folder), "hf", skip_bad_rows, group_column)
+    columns = [query_column, passage_column] + ([group_column] if group_column else [])
     splits: dict[str, list[str]] = {}
     for name, ds in parts.items():
-        _check_columns(folder / name, ds.column_names, [query_column, passage_column])
+        _check_columns(folder / name, ds.column_names, columns)
         before = set(builder.qrels)
-        for i, record in enumerate(ds.select_columns([query_column, passage_column])):
+        for i, record in enumerate(ds.select_columns(columns)):
             builder.row(record, f"{folder}: split {name}: row {i + 1}", query_column, passage_column)
         splits[name] = [q for q in builder.qrels if q not in before]
     return builder.finish(splits if isinstance(loaded, datasets.DatasetDict) else None)
@@ -401,6 +419,7 @@ def load_pairs(
     skip_bad_rows: bool = False,
     max_pairs: int | None = None,
     sample_seed: int = 42,
+    group_column: str | None = None,
 ) -> PairData:
     """Load any supported source. `format='pubmedqa'` with no path finds (or downloads) the PubMedQA file."""
     if format == "pubmedqa" and (path is None or not Path(path).exists()):
@@ -412,13 +431,13 @@ def load_pairs(
         raise RagtuneError(f"data not found: {path}")
     fmt = detect_format(path) if format == "auto" else format
     if fmt in ("jsonl", "csv", "parquet"):
-        data = load_table(path, fmt, query_column, passage_column, skip_bad_rows)
+        data = load_table(path, fmt, query_column, passage_column, skip_bad_rows, group_column)
     elif fmt == "pubmedqa":
         data = load_pubmedqa(path, skip_bad_rows)
     elif fmt == "beir":
         data = load_beir(path, skip_bad_rows)
     elif fmt == "hf":
-        data = load_hf(path, query_column, passage_column, skip_bad_rows)
+        data = load_hf(path, query_column, passage_column, skip_bad_rows, group_column)
     else:
         raise RagtuneError(f"unknown data format {fmt!r}")
     if not data.qrels:
@@ -453,7 +472,8 @@ def sample_pairs(data: PairData, max_pairs: int, seed: int) -> PairData:
     splits = {name: [q for q in ids if q in keep] for name, ids in data.splits.items()} if data.splits else None
     stats = LoadStats(**{**data.stats.to_dict(), "skipped_examples": list(data.stats.skipped_examples)})
     stats.pairs_sampled_out = data.stats.pairs - n
-    sampled = PairData(corpus, {q: data.queries[q] for q in qrels}, qrels, stats, splits)
+    groups = {q: g for q, g in data.groups.items() if q in keep}
+    sampled = PairData(corpus, {q: data.queries[q] for q in qrels}, qrels, stats, splits, groups)
     _count(sampled)
     return sampled
 
@@ -475,7 +495,7 @@ def save_beir(data: PairData, folder: str | Path) -> Path:
             f.write("query-id\tcorpus-id\tscore\n")
             for qid, pid, score in data.pairs(qids):
                 f.write(f"{qid}\t{pid}\t{score:g}\n")
-    meta = {"load_stats": data.stats.to_dict(), "predefined_splits": data.splits is not None}
+    meta = {"load_stats": data.stats.to_dict(), "predefined_splits": data.splits is not None, "groups": data.groups}
     (folder / "stats.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -491,4 +511,5 @@ def load_prepared(folder: str | Path) -> PairData:
     data.stats = LoadStats(**meta["load_stats"])
     if not meta["predefined_splits"]:
         data.splits = None
+    data.groups = meta.get("groups", {})
     return data

@@ -31,7 +31,7 @@ from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.mining import Row, mine
-from ragtune.splits import push_to_hub, save_splits, split_queries
+from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 
 console = Console()
 STAGE_FILE = ".stage.json"
@@ -70,6 +70,7 @@ def prepare_stage(config: DataConfig, out: Path) -> data_mod.PairData:
         config.skip_bad_rows,
         config.max_pairs,
         config.sample_seed,
+        config.group_column,
     )
     if out.exists():
         shutil.rmtree(out)
@@ -108,15 +109,30 @@ def read_mined(mined: Path) -> tuple[data_mod.PairData, list[Row], dict[str, Any
     return data, rows, meta["stats"]
 
 
-def split_stage(mined: Path, config: SplitConfig, out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+def split_stage(
+    mined: Path, config: SplitConfig, out: Path, cache_dir: Path | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """Split by query (or passage, or group), save the DatasetDict, and report leakage across the splits.
+
+    With `model`, near-identical texts are found with its (cached) embeddings; without, identical ones only.
+    """
     data, rows, mining_stats = read_mined(mined)
     split_ids, method = split_queries(data, config)
+    vectors = Encoder(model, cache_dir, show_progress=False).encode if model else None
+    leakage = leakage_report(data, split_ids, vectors, config.near_duplicate_cosine)
     if out.exists():
         shutil.rmtree(out)
-    extra = {"split_method": method, "mining": mining_stats, "split_config": config.model_dump()}
+    extra = {
+        "split_method": method,
+        "mining": mining_stats,
+        "split_config": config.model_dump(),
+        "leakage": {"summary": leakage["summary"]},
+    }
     if cache_dir is not None:
         extra["cache_dir"] = str(Path(cache_dir).resolve())
     save_splits(data, rows, split_ids, out, extra)
+    (out / "leakage.json").write_text(json.dumps(leakage, indent=2))
+    console.print(f"leakage across splits: {leakage['summary']} (details in {out / 'leakage.json'})", markup=False)
     if config.push_to_hub:
         push_to_hub(out, config.push_to_hub)
     return json.loads((out / data_mod.DATA_MARKER).read_text())
@@ -252,8 +268,13 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
         k_mine,
         lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq),
     )
-    k_split = _key(k_mine, config.split.model_dump())
-    _stage("split", out / "data", k_split, lambda: split_stage(out / "mined", config.split, out / "data", cache))
+    k_split = _key(k_mine, config.split.model_dump(), base_key)
+    _stage(
+        "split",
+        out / "data",
+        k_split,
+        lambda: split_stage(out / "mined", config.split, out / "data", cache, base),
+    )
 
     eval_dir = out / "eval"
     k_base = _key(k_split, config.evaluate.model_dump(), base_key, EVAL_VERSION)

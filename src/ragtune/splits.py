@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.config import SplitConfig
-from ragtune.data import DATA_MARKER, PairData
+from ragtune.data import DATA_MARKER, PairData, normalise
 from ragtune.errors import RagtuneError
 from ragtune.mining import Row
 
@@ -26,7 +26,7 @@ SPLITS = ("train", "validation", "test")
 
 
 def split_queries(data: PairData, config: SplitConfig) -> tuple[dict[str, list[str]], str]:
-    """Query ids per split, and a word on how they were chosen ('predefined' or 'random')."""
+    """Query ids per split, and a word on how they were chosen ('predefined' or 'random by <unit>')."""
     own = data.splits or {}
     if config.use_predefined and own.get("test"):
         test = list(dict.fromkeys(own["test"]))
@@ -40,18 +40,91 @@ def split_queries(data: PairData, config: SplitConfig) -> tuple[dict[str, list[s
             n_val = round(len(rest) * config.validation / (config.train + config.validation))
             validation, rest = rest[:n_val], rest[n_val:]
         return {"train": rest, "validation": validation, "test": test}, "predefined"
-    qids = sorted(data.qrels)
-    random.Random(config.seed).shuffle(qids)
-    n = len(qids)
-    n_test = max(1, round(n * config.test))
-    n_val = round(n * config.validation)
-    if n - n_test - n_val < 1:
-        raise RagtuneError(f"only {n} queries: too few to split into train/validation/test")
-    return {
-        "train": qids[n_test + n_val :],
-        "validation": qids[n_test : n_test + n_val],
-        "test": qids[:n_test],
-    }, "random"
+    units = _units(data, config.split_by)
+    random.Random(config.seed).shuffle(units)
+    n = len(data.qrels)
+    targets = {"test": max(1, round(n * config.test)), "validation": round(n * config.validation)}
+    if n - sum(targets.values()) < 1 or len(units) < 2:
+        raise RagtuneError(f"only {n} queries in {len(units)} {config.split_by} units: too few to split")
+    out: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for unit in units:  # whole units fill test, then validation; the rest trains
+        name = next((k for k in ("test", "validation") if len(out[k]) < targets[k]), "train")
+        out[name] += unit
+    return out, f"random by {config.split_by}"
+
+
+def _units(data: PairData, split_by: str) -> list[list[str]]:
+    """Groups of queries that must share a split: connected through a passage or a group value."""
+    parent = {q: q for q in sorted(data.qrels)}
+
+    def find(q: str) -> str:
+        while parent[q] != q:
+            parent[q] = parent[parent[q]]
+            q = parent[q]
+        return q
+
+    if split_by != "pair":
+        first: dict[str, str] = {}
+        for q in sorted(data.qrels):
+            if split_by == "passage":
+                keys = {normalise(data.corpus[p]) for p in data.qrels[q]}
+            else:
+                keys = set(data.groups.get(q, []))
+            for key in keys:
+                if key in first:
+                    parent[find(q)] = find(first[key])
+                else:
+                    first[key] = q
+    units: dict[str, list[str]] = {}
+    for q in sorted(data.qrels):
+        units.setdefault(find(q), []).append(q)
+    return list(units.values())
+
+
+def leakage_report(
+    data: PairData, split_ids: dict[str, list[str]], vectors=None, threshold: float = 0.95
+) -> dict[str, Any]:
+    """Queries and positive passages that appear, identically or nearly, in two splits.
+
+    `vectors(texts) -> np.ndarray` (normalised embeddings, e.g. a cached `Encoder.encode`) enables the
+    near-identical check; identical means equal after lower-casing and collapsing whitespace.
+    """
+
+    def texts(name: str, kind: str) -> list[str]:
+        if kind == "query":
+            return list(dict.fromkeys(data.queries[q] for q in split_ids.get(name, [])))
+        return list(dict.fromkeys(data.corpus[p] for q in split_ids.get(name, []) for p in data.qrels[q]))
+
+    report: dict[str, Any] = {"threshold": threshold, "pairs": {}}
+    for a, b in (("test", "train"), ("validation", "train"), ("test", "validation")):
+        for kind in ("query", "passage"):
+            left, right = texts(a, kind), texts(b, kind)
+            right_norm = {normalise(t) for t in right}
+            identical = [t for t in left if normalise(t) in right_norm]
+            near: list[dict[str, Any]] = []
+            if vectors is not None and left and right:
+                from ragtune.search import flat_index, search_chunked
+
+                scores, ids = search_chunked(flat_index(vectors(right)), vectors(left), 1)
+                for t, score, j in zip(left, scores[:, 0], ids[:, 0], strict=True):
+                    if score >= threshold and normalise(t) not in right_norm:
+                        near.append({"text": t[:200], "other": right[int(j)][:200], "cosine": round(float(score), 4)})
+            report["pairs"][f"{a}/{b}/{kind}"] = {
+                "identical": len(identical),
+                "near_identical": len(near),
+                "identical_examples": [t[:200] for t in identical[:5]],
+                "near_examples": near[:5],
+            }
+    totals = {k: v["identical"] + v["near_identical"] for k, v in report["pairs"].items()}
+    leaks = {k: n for k, n in totals.items() if n}
+    report["summary"] = (
+        "none found"
+        if not leaks
+        else "; ".join(
+            f"{n} {k.split('/')[2]} text(s) of {k.split('/')[0]} also in {k.split('/')[1]}" for k, n in leaks.items()
+        )
+    ) + (f" (identical or cosine ≥ {threshold})" if vectors is not None else " (identical only)")
+    return report
 
 
 def rows_to_records(data: PairData, rows: list[Row]) -> list[dict[str, Any]]:
