@@ -125,3 +125,18 @@ def test_more_rows_than_passages_reuses_and_counts():
     assert reused == 4 and sorted(chosen[:4]) == [0, 1, 2, 3]
     sims = rows @ corpus.T
     assert chosen[4:] == [int(np.argmin(sims[i])) for i in range(4, 8)]  # once all are used: least similar again
+
+
+def test_near_duplicate_of_positive_is_never_chosen():
+    data, enc = _planted()
+    # A paraphrase of p1 under another id, not textually equal: only the cosine guard can catch it.
+    data.corpus["para"] = "The answer, reworded."
+    enc.table["The answer, reworded."] = _unit(1, 0.06, 0.001)
+    plain = mine(data, enc, MiningConfig(strategy="hard", num_negatives=1, range_max=5))
+    assert [r.negative_ids for r in plain.rows if r.query_id == "q1"][0] == ["para"]
+    guarded = mine(data, enc, MiningConfig(strategy="hard", num_negatives=1, range_max=5, max_cosine_to_positive=0.98))
+    for r in guarded.rows:
+        assert "para" not in r.negative_ids or r.query_id == "q2"  # for q2 it is a fair negative
+    assert guarded.stats["candidates_removed"]["near_duplicate_of_positive"] >= 1
+    hist = guarded.stats["score_histogram"]
+    assert sum(hist["query_positive"]) == len(guarded.rows) and len(hist["bin_edges"]) == 21

@@ -120,6 +120,9 @@ def mine_cmd(
     ] = None,
     margin: Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")] = None,
     max_score: Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")] = None,
+    max_cosine_to_positive: Annotated[
+        float | None, typer.Option(help="hard: drop candidates at least this similar to a positive (e.g. 0.98).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for random choices.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
     max_seq_length: SeqOpt = None,
@@ -140,6 +143,7 @@ def mine_cmd(
         sampling=sampling,
         margin=margin,
         max_score=max_score,
+        max_cosine_to_positive=max_cosine_to_positive,
         seed=seed,
         batch_size=batch_size,
     )
@@ -174,6 +178,7 @@ def split_cmd(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model for the near-identical check (default: none).")
     ] = None,
+    max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -193,7 +198,7 @@ def split_cmd(
         split_by=split_by,
         near_duplicate_cosine=near_duplicate_cosine,
     )
-    meta = split_stage(mined, settings, out, cache_dir, model)
+    meta = split_stage(mined, settings, out, cache_dir, model, max_seq_length)
     typer.echo(json.dumps(meta["splits"], indent=2))
     typer.echo(f"splits written to {out} ({meta['split_method']} split)")
 

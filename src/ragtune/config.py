@@ -41,6 +41,9 @@ class MiningConfig(Settings):
         None, ge=0, description="hard: drop candidates scoring above positive_score * (1 - margin)."
     )
     max_score: float | None = Field(None, description="hard: drop candidates scoring above this cosine.")
+    max_cosine_to_positive: float | None = Field(
+        None, gt=0, le=1, description="hard: drop candidates this similar to a positive (near-duplicates), e.g. 0.98."
+    )
     seed: int = 42
     batch_size: int = Field(32, ge=1)
 

@@ -158,6 +158,7 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
     rng = random.Random(config.seed)
     removed = Counter()
     fallback = 0
+    positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
     for r in rows:
         i = at[r.query_id]
         positive_score = float(query_vectors[i] @ corpus_vectors[guards.position[r.positive_id]])
@@ -182,6 +183,11 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
             if config.margin is not None and score > positive_score * (1 - config.margin):
                 removed["within_margin_of_positive"] += 1
                 continue
+            if config.max_cosine_to_positive is not None and _near_positive(
+                c, positive_vectors[r.query_id], corpus_vectors, config.max_cosine_to_positive
+            ):
+                removed["near_duplicate_of_positive"] += 1
+                continue
             window.append(c)
         if config.sampling == "random":
             rng.shuffle(window)
@@ -194,6 +200,11 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
         r.negative_ids = [corpus_ids[c] for c in picks]
     stats["candidates_removed"] = dict(removed)
     stats["rows_with_random_fallback"] = fallback
+
+
+def _near_positive(candidate: int, positives: np.ndarray, corpus_vectors: np.ndarray, threshold: float) -> bool:
+    """A paraphrase or near-copy of a positive under another id: almost surely relevant, so not a negative."""
+    return bool(np.max(positives @ corpus_vectors[candidate]) >= threshold)
 
 
 def _random_negatives(rows, guards: _Guards, n: int, config: MiningConfig, stats) -> None:
@@ -225,6 +236,12 @@ def _score_summary(rows, guards: _Guards, corpus_vectors, encoder: Encoder, data
     neg = [float(qv[at[r.query_id]] @ corpus_vectors[guards.position[n]]) for r in rows for n in r.negative_ids]
     stats["mean_query_positive_cosine"] = round(float(np.mean(pos)), 4)
     stats["mean_query_negative_cosine"] = round(float(np.mean(neg)), 4) if neg else None
+    bins = np.linspace(-1, 1, 21)
+    stats["score_histogram"] = {
+        "bin_edges": [round(float(b), 2) for b in bins],
+        "query_positive": np.histogram(pos, bins)[0].tolist(),
+        "query_negative": np.histogram(neg, bins)[0].tolist(),
+    }
     stats["rows_negative_scores_above_positive"] = sum(
         1
         for r, p in zip(rows, pos, strict=True)

@@ -110,7 +110,12 @@ def read_mined(mined: Path) -> tuple[data_mod.PairData, list[Row], dict[str, Any
 
 
 def split_stage(
-    mined: Path, config: SplitConfig, out: Path, cache_dir: Path | None = None, model: str | None = None
+    mined: Path,
+    config: SplitConfig,
+    out: Path,
+    cache_dir: Path | None = None,
+    model: str | None = None,
+    max_seq_length: int | None = None,
 ) -> dict[str, Any]:
     """Split by query (or passage, or group), save the DatasetDict, and report leakage across the splits.
 
@@ -118,7 +123,7 @@ def split_stage(
     """
     data, rows, mining_stats = read_mined(mined)
     split_ids, method = split_queries(data, config)
-    vectors = Encoder(model, cache_dir, show_progress=False).encode if model else None
+    vectors = Encoder(model, cache_dir, max_seq_length, show_progress=False).encode if model else None
     leakage = leakage_report(data, split_ids, vectors, config.near_duplicate_cosine)
     if out.exists():
         shutil.rmtree(out)
@@ -273,7 +278,7 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
         "split",
         out / "data",
         k_split,
-        lambda: split_stage(out / "mined", config.split, out / "data", cache, base),
+        lambda: split_stage(out / "mined", config.split, out / "data", cache, base, seq),
     )
 
     eval_dir = out / "eval"
