@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from ragtune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["prepare", "mine", "split", "evaluate", "train", "search", "run"]
+COMMANDS = ["prepare", "mine", "split", "evaluate", "compare", "train", "search", "index", "serve", "run"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -221,3 +221,28 @@ def test_compare_two_models_reports_difference_with_interval(tiny_model, tmp_pat
     result = json.loads((tmp_path / "c.json").read_text())
     ndcg = next(c for c in result["comparisons"] if c["metric"] == "ndcg@10")
     assert ndcg["delta"] == 0 and ndcg["verdict"] == "not significant"  # same weights, same ranking
+
+
+def test_index_then_search_and_add(tiny_model, tmp_path):
+    rows = [{"id": f"d{i}", "text": f"passage about topic {i}", "lang": "en" if i % 2 else "fr"} for i in range(12)]
+    write_jsonl(tmp_path / "c.jsonl", rows[:8])
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    _ok(["index", tiny_model, tmp_path / "c.jsonl", "--out", tmp_path / "idx", "--cache-dir", tmp_path / "cache"])
+    out = _ok(
+        [
+            "index",
+            tiny_model,
+            tmp_path / "all.jsonl",
+            "--out",
+            tmp_path / "idx",
+            "--add",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+    )
+    assert "added 4 new documents (8 already indexed)" in out
+    hits = json.loads(_ok(["search", tmp_path / "idx", "topic 3", "-k", "12", "--filter", "lang=en", "--json"]))
+    results = hits[0]["results"]
+    assert len(results) == 6 and all(r["metadata"]["lang"] == "en" for r in results)
+    again = runner.invoke(app, ["index", str(tiny_model), str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "idx")])
+    assert again.exit_code != 0 and "already holds an index" in str(again.exception)

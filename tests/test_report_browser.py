@@ -1,5 +1,6 @@
 """The HTML report renders in a real browser: headless Chromium, its table and every plot."""
 
+import contextlib
 import shutil
 
 import pytest
@@ -36,8 +37,9 @@ def report(tiny_model, pubmedqa_path, tmp_path_factory):
     return out / "report.html"
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+@contextlib.contextmanager
+def chrome(profile_dir):
+    """Headless Debian Chromium driven by chromedriver, as the machine's probe starts it (no network chatter)."""
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         pytest.fail("Chromium is missing: install Debian's chromium and chromium-driver (.ci/run does)")
     from selenium import webdriver
@@ -45,11 +47,19 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chrome')}"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile_dir}/chrome-profile"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chrome(tmp_path_factory.mktemp("chrome")) as driver:
+        yield driver
 
 
 def test_report_table_and_every_plot_render(report, browser, tmp_path):

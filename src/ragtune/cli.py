@@ -317,24 +317,59 @@ def train_cmd(
     )
 
 
+@app.command("index")
+def index_cmd(
+    model: Annotated[str, typer.Argument(help="Model folder (or Hub id) to encode with.")],
+    corpus: Annotated[Path, typer.Argument(help="JSONL/CSV/Parquet file, BEIR folder, saved dataset or data folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
+    text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
+    id_column: Annotated[str, typer.Option(help="Id column (default: a hash of the text).")] = "id",
+    add: Annotated[bool, typer.Option("--add", help="Append new documents to an existing index.")] = False,
+    max_seq_length: SeqOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Encode a corpus into a persisted FAISS index plus a document store (ids, texts, metadata)."""
+    from ragtune.embeddings import Encoder
+    from ragtune.search import Index, load_documents
+
+    documents = load_documents(corpus, text_column, id_column)
+    encoder = Encoder(model, cache_dir, max_seq_length, batch_size)
+    if add:
+        index = Index.load(out)
+        added = index.add(encoder, documents)
+        typer.echo(
+            f"added {added} new documents ({len(documents) - added} already indexed); {out} holds "
+            f"{len(index.documents)}"
+        )
+        return
+    if (out / "index.json").exists():
+        raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
+    index = Index.build(encoder, documents, out)
+    typer.echo(f"indexed {len(index.documents)} documents into {out}")
+
+
 @app.command("search")
 def search_cmd(
-    model: Annotated[str, typer.Argument(help="Model folder (or Hub id).")],
+    model: Annotated[str, typer.Argument(help="An index folder (from `ragtune index`), or a model folder/Hub id.")],
     query: Annotated[list[str] | None, typer.Argument(help="One or more queries.")] = None,
     corpus: Annotated[
-        Path, typer.Option(help="ragtune data folder, BEIR folder, saved dataset or JSONL/CSV/Parquet file.")
-    ] = Path("data"),
+        Path | None,
+        typer.Option(help="With a model: ragtune data folder, BEIR folder, saved dataset or JSONL/CSV/Parquet file."),
+    ] = None,
     queries_file: Annotated[Path | None, typer.Option(help="A file with one query per line.")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 5,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="Index search: keep metadata key=value (repeatable).")
+    ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
     id_column: Annotated[str, typer.Option(help="Id column of a corpus file (default: hash of the text).")] = "id",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Top-k passages of a corpus for each query, with cosine scores; corpus embeddings are cached."""
-    from ragtune.embeddings import Encoder
-    from ragtune.search import corpus_cache_dir, hits_to_json, load_corpus, search
+    """Top-k passages for each query with cosine scores, from a persisted index or a model plus a corpus."""
+    from ragtune.search import corpus_cache_dir, hits_to_json, search, search_index
 
     queries = list(query or [])
     if queries_file:
@@ -343,9 +378,18 @@ def search_cmd(
         queries += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
     if not queries:
         raise RagtuneError("give a query, or --queries-file")
-    passages = load_corpus(corpus, text_column, id_column)
-    encoder = Encoder(model, cache_dir or corpus_cache_dir(corpus), max_seq_length, show_progress=not as_json)
-    hits = search(encoder, passages, queries, k)
+    filters = dict(_key_value(f, "--filter") for f in filter_ or [])
+    if (Path(model) / "index.json").exists():
+        hits = search_index(model, queries, k, filters or None, show_progress=not as_json)
+    else:
+        from ragtune.embeddings import Encoder
+        from ragtune.search import load_corpus
+
+        if corpus is None:
+            raise RagtuneError(f"{model} is not an index folder: give --corpus to search with a model")
+        passages = load_corpus(corpus, text_column, id_column)
+        encoder = Encoder(model, cache_dir or corpus_cache_dir(corpus), max_seq_length, show_progress=not as_json)
+        hits = search(encoder, passages, queries, k)
     if as_json:
         typer.echo(json.dumps(hits_to_json(queries, hits), indent=2))
         return
@@ -354,6 +398,48 @@ def search_cmd(
         for rank, h in enumerate(hs, start=1):
             snippet = h.text if len(h.text) <= 200 else h.text[:200] + "…"
             typer.echo(f"  {rank:>2}. {h.score:.4f}  [{h.id}] {snippet}")
+
+
+@app.command("serve")
+def serve_cmd(
+    index: Annotated[Path, typer.Argument(help="Index folder (from `ragtune index`).")],
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless others must reach it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    base_model: Annotated[
+        str | None, typer.Option(help="Also serve this model over the same documents, for the side-by-side page.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="A dataset with qrels: the page marks relevant passages of known queries.")
+    ] = None,
+    max_inputs: Annotated[int, typer.Option(help="Most inputs in one embeddings request (else 413).")] = 256,
+    max_chars: Annotated[int, typer.Option(help="Most characters in one input (else 413).")] = 8192,
+) -> None:
+    """OpenAI-compatible /v1/embeddings, /search, /health and a comparison page at /. API key: RAGTUNE_API_KEY."""
+    try:
+        from ragtune.serve import serve
+    except ImportError as err:
+        raise RagtuneError(f"serving needs the serve extra: pip install 'ragtune[serve]' ({err})") from err
+
+    serve(
+        str(index),
+        host,
+        port,
+        base_model=base_model,
+        data=str(data) if data else None,
+        max_inputs=max_inputs,
+        max_chars=max_chars,
+    )
+
+
+def _key_value(item: str, option: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in item:
+        raise RagtuneError(f"{option} expects key=value, got {item!r}")
+    key, value = item.split("=", 1)
+    return key, yaml.safe_load(value)
 
 
 @app.command("run")
@@ -368,7 +454,6 @@ def run_cmd(
     ] = False,
 ) -> None:
     """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
-    import yaml
 
     from ragtune.pipeline import run
 
@@ -377,16 +462,14 @@ def run_cmd(
     if output_dir:
         raw["output_dir"] = output_dir
     for item in set_ or []:
-        if "=" not in item:
-            raise RagtuneError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
+        key, value = _key_value(item, "--set")
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
                 raise RagtuneError(f"--set {key}: no section {p!r}")
             node = node[p]
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = value
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -6,7 +6,7 @@ Also the one place the FAISS helpers live; mining and evaluation search through 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +42,31 @@ class Hit:
     id: str
     score: float
     text: str
+    metadata: dict = field(default_factory=dict)
 
 
-def load_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> dict[str, str]:
-    """Passages to search: a ragtune data folder, a BEIR folder, a saved dataset, or a JSONL/CSV/Parquet file."""
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+def _plain(value):
+    """JSON-safe metadata values; NaN (pandas' empty cell) is no value."""
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value if isinstance(value, str | int | float | bool | list | dict) or value is None else str(value)
+
+
+def load_documents(path: str | Path, text_column: str = "text", id_column: str = "id") -> list[Document]:
+    """Passages with ids and metadata: a ragtune data folder, a BEIR folder, a saved dataset, JSONL/CSV/Parquet.
+
+    Columns other than the id and the text become metadata (filterable in the search API). A file without an id
+    column gets content-hash ids; a repeated id is an error naming the row.
+    """
     import datasets
 
     path = Path(path)
@@ -53,7 +74,7 @@ def load_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         raise RagtuneError(f"corpus not found: {path}")
     if path.is_dir() and (path / DATA_MARKER).exists():
         ds = datasets.load_from_disk(str(path / "corpus"))
-        return dict(zip(ds["id"], ds["text"], strict=True))
+        return [Document(i, t) for i, t in zip(ds["id"], ds["text"], strict=True)]
     fmt = detect_format(path)
     if fmt == "beir":
         records = _read_jsonl(path / "corpus.jsonl")
@@ -72,18 +93,28 @@ def load_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         records = _read_frame(path, fmt)
     else:
         raise RagtuneError(f"{path}: not a corpus format ragtune can search (use JSONL, CSV, Parquet or BEIR)")
-    corpus: dict[str, str] = {}
+    docs: dict[str, Document] = {}
     for where, rec in records:
         text = rec.get(text_column)
         if not isinstance(text, str) or not text.strip():
             raise RagtuneError(f"{where}: field '{text_column}' is missing or empty")
         title = rec.get("title") if fmt == "beir" else None
         text = f"{title.strip()} {text.strip()}" if isinstance(title, str) and title.strip() else text.strip()
-        doc_id = rec.get(id_column)
-        corpus[str(doc_id) if doc_id is not None else text_id("p", text)] = text
-    if not corpus:
+        raw_id = _plain(rec.get(id_column))
+        doc_id = str(raw_id) if raw_id is not None else text_id("p", text)
+        if doc_id in docs:
+            if raw_id is None:
+                continue  # the same text twice without ids is one passage
+            raise RagtuneError(f"{where}: id {doc_id!r} appears twice (field '{id_column}')")
+        meta = {k: _plain(v) for k, v in rec.items() if k not in (text_column, id_column, "title")}
+        docs[doc_id] = Document(doc_id, text, {k: v for k, v in meta.items() if v is not None})
+    if not docs:
         raise RagtuneError(f"{path}: no passages")
-    return corpus
+    return list(docs.values())
+
+
+def load_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> dict[str, str]:
+    return {d.id: d.text for d in load_documents(path, text_column, id_column)}
 
 
 def corpus_cache_dir(path: str | Path) -> Path | None:
@@ -114,3 +145,117 @@ def search(
 
 def hits_to_json(queries: list[str], hits: list[list[Hit]]) -> list[dict]:
     return [{"query": q, "results": [asdict(h) for h in hs]} for q, hs in zip(queries, hits, strict=True)]
+
+
+INDEX_META = "index.json"
+
+
+class Index:
+    """A persisted corpus index: FAISS vectors + a document store (ids, texts, metadata) + what built them.
+
+    Folder layout: `index.faiss` (exact inner product over normalised vectors), `docs.jsonl` (one document per
+    line, in vector order), `index.json` (model, its fingerprint, max_seq_length, dimension, count). A query model
+    whose fingerprint or truncation differs from the one that built the index is refused: its vectors would live
+    in another space and every score would be meaningless.
+    """
+
+    def __init__(self, folder: Path, meta: dict, vectors, documents: list[Document]):
+        self.folder, self.meta, self.vectors, self.documents = folder, meta, vectors, documents
+        self.position = {d.id: i for i, d in enumerate(documents)}
+
+    @classmethod
+    def build(cls, encoder: Encoder, documents: list[Document], folder: str | Path) -> Index:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vectors = encoder.encode([d.text for d in documents], desc="encoding documents")
+        meta = {
+            "model": encoder.model_name,
+            "model_fingerprint": encoder.key.split("-len")[0],
+            "max_seq_length": encoder.max_seq_length,
+            "dim": int(vectors.shape[1]),
+            "count": len(documents),
+            "similarity": "cosine",
+        }
+        index = cls(folder, meta, flat_index(vectors), documents)
+        index._write(documents, append=False)
+        return index
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Index:
+        import faiss
+
+        folder = Path(folder)
+        if not (folder / INDEX_META).exists():
+            raise RagtuneError(f"{folder}: not a ragtune index (no {INDEX_META}); build one with `ragtune index`")
+        meta = json.loads((folder / INDEX_META).read_text())
+        with (folder / "docs.jsonl").open(encoding="utf-8") as f:
+            documents = [Document(**json.loads(line)) for line in f]
+        vectors = faiss.read_index(str(folder / "index.faiss"))
+        if vectors.ntotal != len(documents):
+            raise RagtuneError(f"{folder}: {vectors.ntotal} vectors but {len(documents)} documents; rebuild the index")
+        return cls(folder, meta, vectors, documents)
+
+    def check_model(self, encoder: Encoder) -> None:
+        fingerprint = encoder.key.split("-len")[0]
+        if fingerprint != self.meta["model_fingerprint"] or encoder.max_seq_length != self.meta["max_seq_length"]:
+            raise RagtuneError(
+                f"{self.folder} was built with model {self.meta['model']} (max_seq_length "
+                f"{self.meta['max_seq_length']}); the query model {encoder.model_name} (max_seq_length "
+                f"{encoder.max_seq_length}) is a different one, so its scores would be meaningless"
+            )
+
+    def add(self, encoder: Encoder, documents: list[Document]) -> int:
+        """Append documents whose ids are new; old vectors are never re-encoded. Returns how many were added."""
+        self.check_model(encoder)
+        new = [d for d in documents if d.id not in self.position]
+        if new:
+            vectors = encoder.encode([d.text for d in new], desc="encoding new documents")
+            self.vectors.add(vectors)
+            for d in new:
+                self.position[d.id] = len(self.documents)
+                self.documents.append(d)
+            self.meta["count"] = len(self.documents)
+            self._write(new, append=True)
+        return len(new)
+
+    def _write(self, documents: list[Document], append: bool) -> None:
+        import faiss
+
+        with (self.folder / "docs.jsonl").open("a" if append else "w", encoding="utf-8") as f:
+            for d in documents:
+                f.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
+        faiss.write_index(self.vectors, str(self.folder / "index.faiss"))
+        (self.folder / INDEX_META).write_text(json.dumps(self.meta, indent=2))
+
+    def search(self, query_vectors: np.ndarray, k: int = 10, filters: dict | None = None) -> list[list[Hit]]:
+        """Top-k per query; `filters` keeps documents whose metadata equals every given value."""
+        if not filters:
+            scores, found = search_chunked(self.vectors, query_vectors, k)
+            return [
+                [self._hit(j, s) for s, j in zip(sc, fo, strict=True) if j >= 0]
+                for sc, fo in zip(scores, found, strict=True)
+            ]
+        allowed = np.flatnonzero([all(d.metadata.get(f) == v for f, v in filters.items()) for d in self.documents])
+        # Exact: score only the allowed documents (the flat index can hand their vectors back).
+        candidates = self.vectors.reconstruct_batch(allowed) if len(allowed) else np.zeros((0, self.meta["dim"]))
+        scores = candidates @ np.asarray(query_vectors, dtype=np.float32).T
+        results = []
+        for column in scores.T:
+            order = np.argsort(-column)[:k]
+            results.append([self._hit(int(allowed[o]), float(column[o])) for o in order])
+        return results
+
+    def _hit(self, position: int, score: float) -> Hit:
+        d = self.documents[int(position)]
+        return Hit(d.id, float(score), d.text, d.metadata)
+
+
+def search_index(
+    folder: str | Path, queries: list[str], k: int = 10, filters: dict | None = None, show_progress: bool = True
+) -> list[list[Hit]]:
+    """Search a persisted index with the model that built it (queries are not cached: they are one-off)."""
+    index = Index.load(folder)
+    encoder = Encoder(index.meta["model"], max_seq_length=index.meta["max_seq_length"], show_progress=show_progress)
+    index.check_model(encoder)
+    vectors = encoder.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    return index.search(vectors, k, filters)
