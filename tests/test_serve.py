@@ -175,3 +175,29 @@ def test_page_shows_base_and_tuned_side_by_side_in_chromium(index_dir, tiny_mode
         assert browser.find_elements(By.CSS_SELECTOR, ".hit.rel")  # d2 is within the top 5 of 20 on one side
         assert "judged relevant" in browser.find_element(By.ID, "note").text
         browser.save_screenshot(str(tmp_path / "page.png"))
+
+
+def test_openai_and_langchain_example_script(server, tiny_model):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "openai_client.py"),
+            "--base-url",
+            f"{server.url}/v1",
+            "--question",
+            "lung task",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    dim = load_model(tiny_model).get_embedding_dimension()
+    assert lines[0]["openai"]["vectors"] == 2 and lines[0]["openai"]["dim"] == dim
+    assert lines[1]["langchain"]["dim"] == dim and len(lines[2]["search"]) == 3
