@@ -19,8 +19,9 @@ def test_real_model_real_data_end_to_end(pubmedqa_path, tmp_path):
         "train": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    # Accept a non-improvement: on this near-saturated sample validation NDCG@10 can be 1.0 before and after.
     done = subprocess.run(
-        [sys.executable, "-m", "ragtune", "run", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=1500
+        [sys.executable, "-m", "ragtune", "run", str(tmp_path / "c.yaml"), "--allow-regression"], capture_output=True, text=True, timeout=1500
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| tuned |" in done.stdout and "report:" in done.stdout
@@ -31,6 +32,10 @@ def test_real_model_real_data_end_to_end(pubmedqa_path, tmp_path):
     assert m["base"]["ndcg@10"] > 0.85 and m["tuned"]["ndcg@10"] > 0.85 and m["bm25"]["ndcg@10"] > 0.6
     assert abs(m["tuned"]["ndcg@10"] - m["base"]["ndcg@10"]) < 0.1
     assert results["triplet_accuracy"]["base"] >= 0.95
+    guard = results["regression"]
+    assert guard["regressed"] == (guard["tuned"] <= guard["base"])
+    assert results["recommended_model"] == ("base" if guard["regressed"] else "tuned")
+    assert (run / "report.html").exists() and (run / "data" / "leakage.json").exists()
     mined = json.loads((run / "mined" / "stats.json").read_text())["stats"]
     assert mined["rows"] == 200 and mined["mean_query_negative_cosine"] < mined["mean_query_positive_cosine"]
     base_eval = json.loads((run / "eval" / "base" / "result.json").read_text())
