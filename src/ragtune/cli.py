@@ -415,6 +415,7 @@ def serve_cmd(
     ] = None,
     max_inputs: Annotated[int, typer.Option(help="Most inputs in one embeddings request (else 413).")] = 256,
     max_chars: Annotated[int, typer.Option(help="Most characters in one input (else 413).")] = 8192,
+    cache_dir: CacheOpt = None,
 ) -> None:
     """OpenAI-compatible /v1/embeddings, /search, /health and a comparison page at /. API key: RAGTUNE_API_KEY."""
     try:
@@ -430,6 +431,7 @@ def serve_cmd(
         data=str(data) if data else None,
         max_inputs=max_inputs,
         max_chars=max_chars,
+        cache_dir=cache_dir,
     )
 
 

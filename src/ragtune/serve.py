@@ -94,6 +94,7 @@ def create_app(
     max_chars: int = 8192,
     max_k: int = 100,
     batch_wait_ms: float = 5.0,
+    cache_dir: str | Path | None = None,
 ):
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse
@@ -104,7 +105,7 @@ def create_app(
     index.check_model(tuned)
     systems: dict[str, tuple[Batcher, Index]] = {"tuned": (Batcher(tuned, batch_wait_ms), index)}
     if base_model:
-        base = Encoder(base_model, max_seq_length=index.meta["max_seq_length"], show_progress=False)
+        base = Encoder(base_model, cache_dir, index.meta["max_seq_length"], show_progress=False)
         # The base model's side of the page searches the same documents, encoded once (cached on disk).
         base_vectors = flat_index(base.encode([d.text for d in index.documents], desc="encoding for the base model"))
         systems["base"] = (Batcher(base, batch_wait_ms), Index(index.folder, index.meta, base_vectors, index.documents))
