@@ -102,7 +102,7 @@ def test_stages_one_by_one(tiny_model, tmp_path):
     scores = json.loads((tmp_path / "eval.json").read_text())
     assert set(scores) == {"bm25", str(tiny_model), str(tuned)}
     for metrics in scores.values():
-        assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100"}
+        assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100", "precision@10"}
     assert "| bm25 |" in (tmp_path / "eval.md").read_text() and "8 queries over a corpus of 40" in out
     (tmp_path / "q.txt").write_text("what does the kidney do?\n\nlungs?\n")
     out = _ok(

@@ -2,7 +2,16 @@ import math
 
 import pytest
 
-from ragtune.metrics import aggregate, map_at_k, mrr_at_k, ndcg_at_k, per_query, ranked, recall_at_k
+from ragtune.metrics import (
+    aggregate,
+    map_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    per_query,
+    precision_at_k,
+    ranked,
+    recall_at_k,
+)
 
 RANKING = ["a", "b", "c", "d"]
 REL = {"b": 2.0, "d": 1.0, "z": 1.0}  # z is never retrieved
@@ -22,6 +31,8 @@ def test_mrr_recall_map_by_hand():
     assert recall_at_k(RANKING, REL, 10) == pytest.approx(2 / 3)
     assert recall_at_k(RANKING, REL, 2) == pytest.approx(1 / 3)
     assert map_at_k(RANKING, REL, 100) == pytest.approx((1 / 2 + 2 / 4) / 3)
+    assert precision_at_k(RANKING, REL, 10) == pytest.approx(2 / 10)
+    assert precision_at_k(RANKING, REL, 2) == pytest.approx(1 / 2)
 
 
 def test_ties_broken_by_doc_id_descending_like_trec_eval():

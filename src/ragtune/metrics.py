@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100")
+METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100", "precision@10")
 
 
 def ranked(run_q: dict[str, float]) -> list[str]:
@@ -40,6 +40,11 @@ def recall_at_k(ranking: list[str], rel: dict[str, float], k: int) -> float:
     return len(relevant.intersection(ranking[:k])) / len(relevant) if relevant else 0.0
 
 
+def precision_at_k(ranking: list[str], rel: dict[str, float], k: int) -> float:
+    """Relevant documents in the top k over k (trec_eval's P_k: a short ranking still divides by k)."""
+    return sum(1 for d in ranking[:k] if rel.get(d, 0.0) > 0) / k
+
+
 def map_at_k(ranking: list[str], rel: dict[str, float], k: int) -> float:
     relevant = {d for d, g in rel.items() if g > 0}
     if not relevant:
@@ -52,7 +57,7 @@ def map_at_k(ranking: list[str], rel: dict[str, float], k: int) -> float:
     return total / len(relevant)
 
 
-_FUNCTIONS = {"ndcg": ndcg_at_k, "mrr": mrr_at_k, "recall": recall_at_k, "map": map_at_k}
+_FUNCTIONS = {"ndcg": ndcg_at_k, "mrr": mrr_at_k, "recall": recall_at_k, "map": map_at_k, "precision": precision_at_k}
 
 
 def per_query(

@@ -35,7 +35,7 @@ from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queri
 
 console = Console()
 STAGE_FILE = ".stage.json"
-EVAL_VERSION = 2  # bump when the evaluation output changes, so finished runs re-evaluate
+EVAL_VERSION = 3  # bump when the evaluation output changes, so finished runs re-evaluate
 
 
 def _key(*parts: Any) -> str:
