@@ -325,6 +325,7 @@ def index_cmd(
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
     id_column: Annotated[str, typer.Option(help="Id column (default: a hash of the text).")] = "id",
     add: Annotated[bool, typer.Option("--add", help="Append new documents to an existing index.")] = False,
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (after `ragtune export`).")] = "torch",
     max_seq_length: SeqOpt = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
     cache_dir: CacheOpt = None,
@@ -334,7 +335,7 @@ def index_cmd(
     from ragtune.search import Index, load_documents
 
     documents = load_documents(corpus, text_column, id_column)
-    encoder = Encoder(model, cache_dir, max_seq_length, batch_size)
+    encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend)
     if add:
         index = Index.load(out)
         added = index.add(encoder, documents)
@@ -347,6 +348,29 @@ def index_cmd(
         raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
     index = Index.build(encoder, documents, out)
     typer.echo(f"indexed {len(index.documents)} documents into {out}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model folder to export (the files land in MODEL/onnx/).")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format so far).")] = False,
+    quantize: Annotated[str | None, typer.Option(help="Also write an int8 model: 'int8'.")] = None,
+    min_cosine: Annotated[float, typer.Option(help="Refuse an export whose embeddings agree less with torch.")] = 0.99,
+) -> None:
+    """Export to ONNX through torch.onnx (optionally int8), verified against the torch model on probe texts.
+
+    Use it with `ragtune index --backend onnx` (or onnx-int8); search and serve follow the index's backend."""
+    from ragtune.export import export_onnx
+
+    if not onnx:
+        raise RagtuneError("say which format: --onnx")
+    if quantize not in (None, "int8"):
+        raise RagtuneError(f"--quantize supports 'int8', got {quantize!r}")
+    report = export_onnx(model, quantize, min_cosine)
+    for variant, r in report.items():
+        typer.echo(
+            f"{variant}: {r['file']} (cosine to torch on probe texts: min {r['min_cosine']}, mean {r['mean_cosine']})"
+        )
 
 
 @app.command("search")

@@ -39,7 +39,20 @@ def resolve_model(name: str | Path) -> str:
     return name
 
 
-def load_model(name: str | Path, max_seq_length: int | None = None, device: str | None = None):
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def load_model(name: str | Path, max_seq_length: int | None = None, device: str | None = None, backend: str = "torch"):
+    """A SentenceTransformer, or with an ONNX backend an `export.OnnxModel` that encodes the same way."""
+    if backend != "torch":
+        if backend not in BACKENDS:
+            raise RagtuneError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        from ragtune.export import OnnxModel
+
+        model = OnnxModel(resolve_model(name), backend)
+        if max_seq_length:
+            model.max_seq_length = max_seq_length
+        return model
     from sentence_transformers import SentenceTransformer
 
     resolved = resolve_model(name)
@@ -92,14 +105,19 @@ class Encoder:
         max_seq_length: int | None = None,
         batch_size: int = 32,
         show_progress: bool = True,
+        backend: str = "torch",
     ):
         self.model_name = str(model_name)
+        self.backend = backend
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._model = None
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.key = f"{model_fingerprint(model_name)}-len{max_seq_length or 'model'}"
+        self.fingerprint = model_fingerprint(model_name)
+        # ONNX numerics differ from torch in the last digits: their vectors are cached apart.
+        suffix = "" if backend == "torch" else f"-{backend}"
+        self.key = f"{self.fingerprint}-len{max_seq_length or 'model'}{suffix}"
         self.cache_dir = cache_root / self.key
         self._index: dict[bytes, tuple[int, int]] | None = None
         self._shards: list[np.ndarray] = []
@@ -108,7 +126,7 @@ class Encoder:
     @property
     def model(self):
         if self._model is None:
-            self._model = load_model(self.model_name, self.max_seq_length)
+            self._model = load_model(self.model_name, self.max_seq_length, backend=self.backend)
         return self._model
 
     def _load_index(self) -> dict[bytes, tuple[int, int]]:

@@ -170,8 +170,9 @@ class Index:
         vectors = encoder.encode([d.text for d in documents], desc="encoding documents")
         meta = {
             "model": encoder.model_name,
-            "model_fingerprint": encoder.key.split("-len")[0],
+            "model_fingerprint": encoder.fingerprint,
             "max_seq_length": encoder.max_seq_length,
+            "backend": encoder.backend,
             "dim": int(vectors.shape[1]),
             "count": len(documents),
             "similarity": "cosine",
@@ -196,12 +197,17 @@ class Index:
         return cls(folder, meta, vectors, documents)
 
     def check_model(self, encoder: Encoder) -> None:
-        fingerprint = encoder.key.split("-len")[0]
-        if fingerprint != self.meta["model_fingerprint"] or encoder.max_seq_length != self.meta["max_seq_length"]:
+        same = (encoder.fingerprint, encoder.max_seq_length, encoder.backend) == (
+            self.meta["model_fingerprint"],
+            self.meta["max_seq_length"],
+            self.meta.get("backend", "torch"),
+        )
+        if not same:
             raise RagtuneError(
                 f"{self.folder} was built with model {self.meta['model']} (max_seq_length "
-                f"{self.meta['max_seq_length']}); the query model {encoder.model_name} (max_seq_length "
-                f"{encoder.max_seq_length}) is a different one, so its scores would be meaningless"
+                f"{self.meta['max_seq_length']}, backend {self.meta.get('backend', 'torch')}); the query model "
+                f"{encoder.model_name} (max_seq_length {encoder.max_seq_length}, backend {encoder.backend}) is a "
+                "different one, so its scores would be meaningless"
             )
 
     def add(self, encoder: Encoder, documents: list[Document]) -> int:
@@ -255,7 +261,12 @@ def search_index(
 ) -> list[list[Hit]]:
     """Search a persisted index with the model that built it (queries are not cached: they are one-off)."""
     index = Index.load(folder)
-    encoder = Encoder(index.meta["model"], max_seq_length=index.meta["max_seq_length"], show_progress=show_progress)
+    encoder = Encoder(
+        index.meta["model"],
+        max_seq_length=index.meta["max_seq_length"],
+        show_progress=show_progress,
+        backend=index.meta.get("backend", "torch"),
+    )
     index.check_model(encoder)
     vectors = encoder.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
     return index.search(vectors, k, filters)

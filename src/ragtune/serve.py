@@ -101,7 +101,12 @@ def create_app(
     from pydantic import BaseModel, Field
 
     index = Index.load(index_dir)
-    tuned = Encoder(index.meta["model"], max_seq_length=index.meta["max_seq_length"], show_progress=False)
+    tuned = Encoder(
+        index.meta["model"],
+        max_seq_length=index.meta["max_seq_length"],
+        show_progress=False,
+        backend=index.meta.get("backend", "torch"),
+    )
     index.check_model(tuned)
     systems: dict[str, tuple[Batcher, Index]] = {"tuned": (Batcher(tuned, batch_wait_ms), index)}
     if base_model:

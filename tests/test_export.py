@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+
+from ragtune.embeddings import Encoder, load_model
+from ragtune.errors import RagtuneError
+from ragtune.export import PROBE, export_onnx
+from ragtune.search import Index, load_documents, search_index
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("export") / "model"
+    shutil.copytree(tiny_model, folder)
+    return folder, export_onnx(folder, quantize="int8", min_cosine=0.9)
+
+
+def test_onnx_matches_torch(exported):
+    folder, report = exported
+    assert report["onnx"]["min_cosine"] >= 0.9999
+    texts = ["a new text not among the probes", "kidney", "x " * 100]
+    torch_vectors = load_model(folder).encode(texts, normalize_embeddings=True)
+    onnx_vectors = load_model(folder, backend="onnx").encode(texts)
+    assert np.min(np.sum(torch_vectors * onnx_vectors, axis=1)) >= 0.999
+    assert json.loads((folder / "onnx" / "ragtune_export.json").read_text())["onnx"]["file"].endswith("model.onnx")
+    assert report["onnx-int8"]["min_cosine"] >= 0.9  # a random tiny model; the README reports the real model's
+
+
+def test_index_and_search_with_the_onnx_backend(exported, tmp_path):
+    from conftest import write_jsonl
+
+    folder, _ = exported
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": PROBE[i]} for i in range(len(PROBE))])
+    Index.build(
+        Encoder(folder, tmp_path / "cache", backend="onnx", show_progress=False),
+        load_documents(corpus),
+        tmp_path / "idx",
+    )
+    hits = search_index(tmp_path / "idx", [PROBE[3]], 1, show_progress=False)
+    assert hits[0][0].id == "d3" and hits[0][0].score > 0.999
+    with pytest.raises(RagtuneError, match="backend onnx"):
+        Index.load(tmp_path / "idx").check_model(Encoder(folder, tmp_path / "cache", show_progress=False))
+
+
+def test_a_bad_export_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    with pytest.raises(RagtuneError, match="agrees with torch only to cosine"):
+        export_onnx(folder, min_cosine=1.01)
+    assert not (folder / "onnx" / "model.onnx").exists()
+    with pytest.raises(RagtuneError, match="ragtune export"):
+        load_model(folder, backend="onnx")
