@@ -1,13 +1,14 @@
 """Stages that hand off through folders, and `run`, which chains them and skips what is already done.
 
 A run directory holds every stage's output plus the resolved config:
-    prepared/  BEIR-layout copy of the loaded pairs (+ load statistics)
-    mined/     rows.jsonl (query, positive, negative ids) + stats.json
-    data/      the DatasetDict of train/validation/test rows + the full corpus
-    eval/      base.json and tuned.json: metrics and per-query values on the test split
-    model/     the fine-tuned model; checkpoints/ the trainer's checkpoints (resume after a crash)
-    cache/     embeddings keyed by model and text, shared by every stage and by `ragtune search`
-    report.md
+    config.yaml   the resolved settings
+    prepared/     BEIR-layout copy of the loaded pairs (+ load statistics)
+    mined/        rows.jsonl (query, positive, negative ids) + stats.json
+    data/         the DatasetDict of train/validation/test rows + the full corpus + leakage.json
+    eval/         base/ and tuned/result.json: metrics, per-query values, top-10 ids, pair scores, per split
+    model/        the fine-tuned model; checkpoints/ the trainer's checkpoints (resume after a crash)
+    cache/        embeddings keyed by model and text, shared by every stage and by `ragtune search`
+    report.html, report.md, results.json
 Each stage records a key (a hash of its settings and its inputs' keys) in `<stage>/.stage.json`; a stage whose key
 matches is skipped, so re-running after a crash resumes where it stopped.
 """

@@ -114,6 +114,8 @@ def create_app(
         # The base model's side of the page searches the same documents, encoded once (cached on disk).
         base_vectors = flat_index(base.encode([d.text for d in index.documents], desc="encoding for the base model"))
         systems["base"] = (Batcher(base, batch_wait_ms), Index(index.folder, index.meta, base_vectors, index.documents))
+    for batcher, _ in systems.values():
+        _ = batcher.encoder.model  # load now: /health answers only once the first request will be fast
     relevant = _relevance(data, index.documents)
     key = api_key if api_key is not None else os.environ.get("RAGTUNE_API_KEY")
     app = FastAPI(title="ragtune", version="1")
