@@ -210,6 +210,18 @@ class Index:
                 "different one, so its scores would be meaningless"
             )
 
+    def query_encoder(self, show_progress: bool = True) -> Encoder:
+        """The encoder queries must use: the model, truncation and backend that built the index."""
+        meta = self.meta
+        encoder = Encoder(
+            meta["model"],
+            max_seq_length=meta["max_seq_length"],
+            show_progress=show_progress,
+            backend=meta.get("backend", "torch"),
+        )
+        self.check_model(encoder)
+        return encoder
+
     def add(self, encoder: Encoder, documents: list[Document]) -> int:
         """Append documents whose ids are new; old vectors are never re-encoded. Returns how many were added."""
         self.check_model(encoder)
@@ -261,12 +273,6 @@ def search_index(
 ) -> list[list[Hit]]:
     """Search a persisted index with the model that built it (queries are not cached: they are one-off)."""
     index = Index.load(folder)
-    encoder = Encoder(
-        index.meta["model"],
-        max_seq_length=index.meta["max_seq_length"],
-        show_progress=show_progress,
-        backend=index.meta.get("backend", "torch"),
-    )
-    index.check_model(encoder)
+    encoder = index.query_encoder(show_progress)
     vectors = encoder.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
     return index.search(vectors, k, filters)

@@ -101,13 +101,7 @@ def create_app(
     from pydantic import BaseModel, Field
 
     index = Index.load(index_dir)
-    tuned = Encoder(
-        index.meta["model"],
-        max_seq_length=index.meta["max_seq_length"],
-        show_progress=False,
-        backend=index.meta.get("backend", "torch"),
-    )
-    index.check_model(tuned)
+    tuned = index.query_encoder(show_progress=False)
     systems: dict[str, tuple[Batcher, Index]] = {"tuned": (Batcher(tuned, batch_wait_ms), index)}
     if base_model:
         base = Encoder(base_model, cache_dir, index.meta["max_seq_length"], show_progress=False)
