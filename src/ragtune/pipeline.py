@@ -153,15 +153,17 @@ def evaluate_stage(
     bm25: bool | None = None,
     query_column: str = "query",
     passage_column: str = "passage",
+    data: data_mod.PairData | None = None,
 ) -> dict[str, Any]:
     """Retrieval metrics on one split over the full corpus, plus the mined triplets' scores where rows have them.
 
     Returns a JSON-able dict: metrics, per-query values, top-10 ids, and (ragtune data only) `pair_scores` and
-    `triplet_accuracy` per model.
+    `triplet_accuracy` per model. `data` is `data_path` already loaded, for callers evaluating several splits.
     """
     for model in models.values():
         resolve_model(model)  # a wrong model path fails before any data is read or encoded
-    data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
+    if data is None:
+        data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
     queries = data
     if split:
         if not data.splits or split not in data.splits:
@@ -318,11 +320,11 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
 
 
 def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConfig, bm25: bool) -> None:
-    meta = json.loads((out / "data" / data_mod.DATA_MARKER).read_text())
+    data = data_mod.load_ragtune_data(out / "data")  # read once, evaluated on both splits
     results = {}
     for split in ("validation", "test"):
-        if meta["splits"][split]["queries"]:
-            results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25)
+        if data.splits.get(split):
+            results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text(json.dumps(results))
 
