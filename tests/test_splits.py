@@ -137,3 +137,16 @@ def test_group_column_missing_values_are_counted(tmp_path):
     assert data.stats.rows_without_group == 1 and list(data.groups.values()) == [["d"]]
     with pytest.raises(RagtuneError, match="no column 'section'"):
         load_pairs(write_jsonl(tmp_path / "p.jsonl", rows), group_column="section")
+
+
+@pytest.mark.parametrize("strategy", ["hard", "least-similar", "random"])
+def test_training_rows_never_get_a_held_out_passage_as_negative(tiny_model, tmp_path, strategy):
+    import datasets
+    from helpers import split_folder
+
+    ds = datasets.load_from_disk(str(split_folder(tmp_path, tiny_model, n_queries=60, strategy=strategy)))
+    held_out = set(ds["validation"]["positive_id"]) | set(ds["test"]["positive_id"])
+    columns = [c for c in ds["train"].column_names if c.startswith("negative") and c.endswith("_id")]
+    train_negatives = {n for c in columns for n in ds["train"][c]}
+    assert columns and held_out and len(train_negatives) >= 3
+    assert not train_negatives & held_out

@@ -123,13 +123,26 @@ def mine_cmd(
     max_cosine_to_positive: Annotated[
         float | None, typer.Option(help="hard: drop candidates at least this similar to a positive (e.g. 0.98).")
     ] = None,
+    negatives_from: Annotated[
+        str | None,
+        typer.Option(help="train: training rows never get a validation/test passage (split from --config); all."),
+    ] = None,
+    index: Annotated[str | None, typer.Option(help="auto, exact or ivf (approximate, for large corpora).")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="ivf: clusters searched per query.")] = None,
+    cross_encoder: Annotated[
+        str | None, typer.Option(help="hard: rescore candidates with this cross-encoder model folder.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for random choices.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
     max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Give every (query, positive) row its negatives; embeddings are cached for later stages."""
+    """Give every (query, positive) row its negatives; embeddings are cached for later stages.
+
+    The train/validation/test split is decided here (the config's `split` section, or the defaults) so that
+    training rows never get a held-out passage as a negative; `ragtune split` must then use the same settings.
+    """
     from ragtune.pipeline import mine_stage
 
     settings = _settings(
@@ -144,10 +157,15 @@ def mine_cmd(
         margin=margin,
         max_score=max_score,
         max_cosine_to_positive=max_cosine_to_positive,
+        negatives_from=negatives_from,
+        index=index,
+        nprobe=nprobe,
+        cross_encoder=cross_encoder,
         seed=seed,
         batch_size=batch_size,
     )
-    stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length)
+    split = _settings(SplitConfig, config, "split")
+    stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length, split)
     typer.echo(json.dumps(stats, indent=2))
     typer.echo(f"mined rows written to {out}")
 

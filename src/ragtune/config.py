@@ -44,6 +44,18 @@ class MiningConfig(Settings):
     max_cosine_to_positive: float | None = Field(
         None, gt=0, le=1, description="hard: drop candidates this similar to a positive (near-duplicates), e.g. 0.98."
     )
+    negatives_from: Literal["train", "all"] = Field(
+        "train",
+        description="train: a training row never gets a validation/test query's positive as its negative; all: any.",
+    )
+    index: Literal["auto", "exact", "ivf"] = Field(
+        "auto", description="Candidate search: exact (FAISS flat), ivf (approximate), auto: ivf from ivf_threshold."
+    )
+    ivf_threshold: int = Field(200_000, ge=1, description="auto: corpora at least this large use the IVF index.")
+    nprobe: int = Field(32, ge=1, description="ivf: clusters searched per query (more: slower, higher recall).")
+    cross_encoder: str | None = Field(
+        None, description="hard: rescore candidates with this cross-encoder folder; guards then use its scores."
+    )
     seed: int = 42
     batch_size: int = Field(32, ge=1)
 
@@ -70,6 +82,10 @@ class SplitConfig(Settings):
     near_duplicate_cosine: float = Field(
         0.95, gt=0, le=1, description="Leakage report: texts this similar across splits count as near-identical."
     )
+
+    def assignment(self) -> dict:
+        """The settings that decide which query lands in which split (mining must agree with them)."""
+        return self.model_dump(include={"train", "validation", "test", "seed", "use_predefined", "split_by"})
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

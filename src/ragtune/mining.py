@@ -3,21 +3,27 @@
 Strategies (`MiningConfig.strategy`):
 - `least-similar`: the classic recipe. Each row gets the passage least similar to its positive, unique across rows,
   assigned greedily in row order. Candidates come from a FAISS search with the negated vector (the k *least* similar),
-  so memory is O(N*k); a row whose k candidates are all taken is searched again with a larger k.
-- `hard`: passages the base model ranks high for the query, from a rank window, minus anything that is a positive
-  of that query or has the same normalised text as one, optionally minus candidates above a score margin.
+  so memory is O(N*k); rows whose k candidates are all taken are searched again, together, with a larger k.
+- `hard`: passages the base model (or a cross-encoder, when given) ranks high for the query, from a rank window,
+  minus anything that is a positive of that query or has the same normalised text as one, optionally minus
+  candidates above a score margin or too close to a positive.
 - `random`: uniformly sampled passages that are not positives.
 - `none`: pairs only (MultipleNegativesRankingLoss still has in-batch negatives).
 
-Deliberately not here: cross-encoder rescoring and approximate indexes (issue #3 deepens this stage).
+With `negatives_from: train` (the default) a training row never gets a validation/test query's positive as its
+negative, so held-out passages never shape training. Above `ivf_threshold` passages the candidate search is an
+approximate IVF index, and its recall against exact search is measured on a sample and reported in the stats.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +31,9 @@ import numpy as np
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, normalise
 from ragtune.embeddings import Encoder
-from ragtune.search import flat_index, search_chunked
+from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -42,7 +50,8 @@ class MiningResult:
     stats: dict[str, Any]
 
 
-_FULL_ROWS_BYTES = 64 << 20  # memory for rows that need their full similarity row (see below)
+_BLOCK_BYTES = 64 << 20  # memory for rows searched again, or given their full similarity row (see below)
+_MAX_WIDER_K = 4096  # beyond this, a full similarity row is cheaper than a wider top-k search
 
 
 def least_similar_assignment(
@@ -50,54 +59,119 @@ def least_similar_assignment(
     corpus_vectors: np.ndarray,
     forbidden: list[set[int]],
     k: int = 64,
+    blocked: list[np.ndarray | None] | None = None,
+    search: Search | None = None,
+    approximate: bool = False,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
+    `blocked[i]`, when given, is a boolean mask of corpus items row i may never take (held-out passages).
     Returns (chosen corpus index per row, number of rows that had to reuse an item because none was left).
-    Same result as the classic greedy walk over argsort(similarity_row), without the N x N matrix: each row first
-    tries its k least similar items (one FAISS search for all rows). A row that finds all k taken gets its full
-    similarity row and a masked argmin; every later row already in that state is computed in the same matrix
-    product, within a fixed memory budget, because the used set only grows.
+    Same result as the classic greedy walk over argsort(similarity_row) when `search` is exact (the default),
+    without the N x N matrix: each row first tries its k least similar items (one search for all rows). A row
+    that finds them all taken gets its full similarity row and a masked argmin; every later row already in that
+    state is computed in the same matrix product, within a fixed memory budget, because the used set only grows.
+    With an `approximate` search, stuck rows are first searched again with 8x the k (cheaper than full rows when
+    the index scans only part of the corpus).
     """
-    n = len(corpus_vectors)
-    _, candidates = search_chunked(flat_index(corpus_vectors), -row_vectors, k)
-    batch = max(1, _FULL_ROWS_BYTES // (4 * n))
-    full: dict[int, np.ndarray] = {}  # row -> similarity to every corpus item
+    n, m = len(corpus_vectors), len(row_vectors)
+    if search is None:
+        index = flat_index(corpus_vectors)
+
+        def search(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+            return search_chunked(index, q, kk)
+
+    blocked = blocked or [None] * m
+    _, first = search(-row_vectors, min(k, n))
+    more: dict[int, np.ndarray] = {}  # rows searched again with a larger k
+    full: dict[int, np.ndarray] = {}  # rows given their similarity to every corpus item
     used = np.zeros(n, dtype=bool)
     chosen: list[int] = []
     reused = 0
-    for i in range(len(row_vectors)):
-        pick = None if i in full else _first_free(candidates[i], used, forbidden[i])
-        if pick is None:
-            if i not in full:
-                stuck = i + np.flatnonzero(used[np.maximum(candidates[i:], 0)].all(axis=1))
-                rows = [i] + [r for r in stuck[:batch].tolist() if r != i and r not in full]
+    for i in range(m):
+        while i not in full:
+            candidates = more.get(i, first[i])
+            pick = _first_free(candidates, used, forbidden[i], blocked[i])
+            if pick is not None:
+                break
+            wider = len(candidates) * 8
+            if approximate and wider <= min(n, _MAX_WIDER_K):
+                rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (12 * wider))
+                more.update(zip(rows, search(-row_vectors[rows], wider)[1], strict=True))
+            else:
+                rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (4 * n))
                 full.update(zip(rows, row_vectors[rows] @ corpus_vectors.T, strict=True))
+        if i in full:
             sims = full.pop(i)
-            blocked = np.fromiter(forbidden[i], dtype=np.int64, count=len(forbidden[i]))
-            sims[blocked] = np.inf
+            sims[np.fromiter(forbidden[i], dtype=np.int64, count=len(forbidden[i]))] = np.inf
+            if blocked[i] is not None:
+                sims[blocked[i]] = np.inf
             free = np.where(used, np.inf, sims)
             pick = int(np.argmin(free))
             if np.isinf(free[pick]):  # every item is taken: more rows than distinct passages
                 reused += 1
                 pick = int(np.argmin(sims))
+                if np.isinf(sims[pick]):
+                    raise ValueError(f"row {i}: every passage is a positive of its query or held out")
+        more.pop(i, None)
         used[pick] = True
         chosen.append(pick)
     return chosen, reused
 
 
-def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int]) -> int | None:
+def _stuck_rows(i: int, size: int, first: np.ndarray, more: dict, full: dict, used: np.ndarray, limit: int) -> list:
+    """Row i plus later rows whose `size` candidates are all used already: they would each need the same help."""
+    if size == first.shape[1]:
+        later = (i + np.flatnonzero(used[np.maximum(first[i:], 0)].all(axis=1))).tolist()
+        later = [j for j in later if j not in more and j not in full]
+    else:
+        later = [j for j, c in more.items() if j > i and j not in full and len(c) == size and used[c[c >= 0]].all()]
+    return [i] + [j for j in later if j != i][: max(0, limit - 1)]
+
+
+def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int], blocked: np.ndarray | None):
     valid = candidates[candidates >= 0]
-    for c in valid[~used[valid]].tolist():
+    free = valid[~used[valid]]
+    if blocked is not None:
+        free = free[~blocked[free]]
+    for c in free.tolist():
         if c not in forbidden:
             return c
     return None
 
 
-class _Guards:
-    """What may never be a negative for a query: its positives and anything textually equal to one."""
+def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np.ndarray, k: int, stats) -> Search:
+    """Exact FAISS search, or an IVF index above the size threshold; its recall on `probe` queries goes in stats."""
+    n = len(corpus_vectors)
+    if config.index == "exact" or (config.index == "auto" and n < config.ivf_threshold):
+        stats["index"] = {"type": "exact"}
+        index = flat_index(corpus_vectors)
 
-    def __init__(self, data: PairData, corpus_ids: list[str]):
+        def exact(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+            return search_chunked(index, q, kk)
+
+        return exact
+    index = ivf_index(corpus_vectors, config.nprobe, config.seed)
+    stats["index"] = {
+        "type": "ivf",
+        "nlist": index.nlist,
+        "nprobe": index.nprobe,
+        f"recall@{k}_vs_exact": round(recall_against_exact(index, corpus_vectors, probe, k), 4),
+    }
+
+    def approximate(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        # A wider search must scan more cells, or it can only return what the usual cells hold.
+        index.nprobe = min(index.nlist, max(config.nprobe, math.ceil(2 * kk * index.nlist / n)))
+        return search_chunked(index, q, kk)
+
+    return approximate
+
+
+class _Guards:
+    """What may never be a negative for a query: its positives, anything textually equal to one, and (for a training
+    query, with `negatives_from: train`) any positive of a validation or test query."""
+
+    def __init__(self, data: PairData, corpus_ids: list[str], held_out: set[str] | None = None):
         self.position = {pid: i for i, pid in enumerate(corpus_ids)}
         text_hash = [hashlib.sha1(normalise(data.corpus[p]).encode()).digest() for p in corpus_ids]
         by_text: dict[bytes, list[int]] = {}
@@ -109,97 +183,155 @@ class _Guards:
             pos = {self.position[p] for p in rel}
             self.positives[qid] = pos
             self.same_text[qid] = {j for i in pos for j in by_text[text_hash[i]]} - pos
+        self.held_out_queries = held_out or set()
+        self.held_out = np.zeros(len(corpus_ids), dtype=bool)
+        for qid in self.held_out_queries:
+            self.held_out[list(self.positives.get(qid, ()))] = True
 
     def forbidden(self, qid: str) -> set[int]:
         return self.positives[qid] | self.same_text[qid]
 
+    def blocked(self, qid: str) -> np.ndarray | None:
+        """The held-out passages a training query's rows may not take (None: no restriction for this query)."""
+        if qid in self.held_out_queries or not self.held_out.any():
+            return None
+        return self.held_out
 
-def mine(data: PairData, encoder: Encoder | None, config: MiningConfig) -> MiningResult:
+
+def mine(
+    data: PairData, encoder: Encoder | None, config: MiningConfig, held_out: set[str] | None = None
+) -> MiningResult:
+    """Negatives for every row of `data`. `held_out`: validation/test query ids, whose positives training rows
+    never get as negatives (their own rows may use any passage: they only measure triplet accuracy)."""
     corpus_ids = list(data.corpus)
     rows = [Row(q, p, s) for q, p, s in data.pairs()]
     stats: dict[str, Any] = {"strategy": config.strategy, "rows": len(rows), "corpus": len(corpus_ids)}
     if config.strategy == "none":
         return MiningResult(rows, stats)
-    guards = _Guards(data, corpus_ids)
+    guards = _Guards(data, corpus_ids, held_out)
+    stats["held_out_passages_excluded_for_training_rows"] = int(guards.held_out.sum())
     if config.strategy == "random":
-        _random_negatives(rows, guards, len(corpus_ids), config, stats)
+        _random_negatives(rows, guards, len(corpus_ids), config)
         return MiningResult(rows, stats)
     if encoder is None:
         raise ValueError(f"strategy {config.strategy!r} needs an encoder")
     corpus_vectors = encoder.encode([data.corpus[p] for p in corpus_ids], desc="encoding corpus")
+    qids = list(dict.fromkeys(r.query_id for r in rows))
+    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
     if config.strategy == "least-similar":
         _least_similar(rows, guards, corpus_vectors, config, stats)
     else:
-        qids = list(dict.fromkeys(r.query_id for r in rows))
-        query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
-        _hard(rows, guards, qids, query_vectors, corpus_vectors, config, stats)
-    _score_summary(rows, guards, corpus_vectors, encoder, data, stats)
+        _hard(rows, guards, qids, query_vectors, corpus_vectors, config, stats, data)
+    _score_summary(rows, guards, corpus_vectors, qids, query_vectors, stats)
     return MiningResult(rows, stats)
 
 
 def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, stats) -> None:
     row_vectors = corpus_vectors[[guards.position[r.positive_id] for r in rows]]
+    search = candidate_search(corpus_vectors, config, -row_vectors, 64, stats)
     corpus_ids = list(guards.position)
+    blocked = [guards.blocked(r.query_id) for r in rows]
     for round_ in range(config.num_negatives):
         # Each round is one classic pass; earlier rounds' picks are forbidden so a row's negatives differ.
         forbidden = [guards.forbidden(r.query_id) | {guards.position[n] for n in r.negative_ids} for r in rows]
-        chosen, reused = least_similar_assignment(row_vectors, corpus_vectors, forbidden)
+        chosen, reused = least_similar_assignment(
+            row_vectors, corpus_vectors, forbidden, 64, blocked, search, stats["index"]["type"] == "ivf"
+        )
         for r, c in zip(rows, chosen, strict=True):
             r.negative_ids.append(corpus_ids[c])
         stats[f"rows_reusing_a_negative_round{round_ + 1}"] = reused
 
 
-def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: MiningConfig, stats) -> None:
+def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: MiningConfig, stats, data) -> None:
     corpus_ids = list(guards.position)
     most_positives = max(len(guards.positives[q]) + len(guards.same_text[q]) for q in qids)
-    index = flat_index(corpus_vectors)
-    scores, ids = search_chunked(index, query_vectors, config.range_max + most_positives)
+    depth = config.range_max + most_positives
+    held_share = float(guards.held_out.mean())
+    if held_share:  # candidates lost to held-out passages are replaced from further down the ranking
+        depth = math.ceil(depth / max(0.05, 1 - held_share)) + 10
+    search = candidate_search(corpus_vectors, config, query_vectors, config.range_max, stats)
+    scores, ids = search(query_vectors, depth)
     at = {q: i for i, q in enumerate(qids)}
-    rng = random.Random(config.seed)
-    removed = Counter()
-    fallback = 0
-    positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
+    removed: Counter = Counter()
+    pools = []  # per row: (positive score, [(score, candidate)] in rank order, at most range_max long)
     for r in rows:
         i = at[r.query_id]
-        positive_score = float(query_vectors[i] @ corpus_vectors[guards.position[r.positive_id]])
-        window = []
-        rank = 0
-        for score, c in zip(scores[i], ids[i], strict=True):
-            c = int(c)
+        blocked = guards.blocked(r.query_id)
+        pool = []
+        for score, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True):
+            if c < 0:
+                continue
             if c in guards.positives[r.query_id]:
                 removed["positive"] += 1
-                continue
-            if c in guards.same_text[r.query_id]:
+            elif c in guards.same_text[r.query_id]:
                 removed["same_text_as_positive"] += 1
-                continue
-            rank += 1
+            elif blocked is not None and blocked[c]:
+                removed["held_out_passage"] += 1
+            else:
+                pool.append((score, c))
+                if len(pool) == config.range_max:
+                    break
+        positive_score = float(query_vectors[i] @ corpus_vectors[guards.position[r.positive_id]])
+        pools.append((positive_score, pool))
+    if config.cross_encoder:
+        pools = _rescore(rows, pools, data, corpus_ids, config, stats)
+    rng = random.Random(config.seed)
+    fallback = 0
+    positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
+    for r, (positive_score, pool) in zip(rows, pools, strict=True):
+        window = []
+        for rank, (score, c) in enumerate(pool, start=1):
             if rank <= config.range_min:
                 continue
-            if rank > config.range_max:
-                break
             if config.max_score is not None and score > config.max_score:
                 removed["above_max_score"] += 1
-                continue
-            if config.margin is not None and score > positive_score * (1 - config.margin):
+            elif config.margin is not None and score > positive_score * (1 - config.margin):
                 removed["within_margin_of_positive"] += 1
-                continue
-            if config.max_cosine_to_positive is not None and _near_positive(
+            elif config.max_cosine_to_positive is not None and _near_positive(
                 c, positive_vectors[r.query_id], corpus_vectors, config.max_cosine_to_positive
             ):
                 removed["near_duplicate_of_positive"] += 1
-                continue
-            window.append(c)
+            else:
+                window.append(c)
         if config.sampling == "random":
             rng.shuffle(window)
         picks = window[: config.num_negatives]
         if len(picks) < config.num_negatives:
             fallback += 1
+            excluded = guards.forbidden(r.query_id) | set(picks)
             picks += _sample_excluding(
-                rng, len(corpus_ids), guards.forbidden(r.query_id) | set(picks), config.num_negatives - len(picks)
+                rng, len(corpus_ids), excluded, config.num_negatives - len(picks), guards.blocked(r.query_id)
             )
         r.negative_ids = [corpus_ids[c] for c in picks]
     stats["candidates_removed"] = dict(removed)
     stats["rows_with_random_fallback"] = fallback
+
+
+def _rescore(rows, pools, data: PairData, corpus_ids, config: MiningConfig, stats) -> list:
+    """Replace each candidate's (and the positive's) bi-encoder score by a cross-encoder's, and re-rank the pool.
+
+    The cross-encoder reads query and passage together, so it separates paraphrased positives from true
+    negatives better than cosine does; the window, margin and max_score then apply to its scores.
+    """
+    from sentence_transformers import CrossEncoder
+
+    from ragtune.embeddings import resolve_model
+
+    name = resolve_model(config.cross_encoder)
+    model = CrossEncoder(name, local_files_only=Path(name).is_dir())
+    pairs = []
+    for r, (_, pool) in zip(rows, pools, strict=True):
+        query = data.queries[r.query_id]
+        pairs.append((query, data.corpus[r.positive_id]))
+        pairs += [(query, data.corpus[corpus_ids[c]]) for _, c in pool]
+    scores = model.predict(pairs, batch_size=config.batch_size, show_progress_bar=len(pairs) > 1000).tolist()
+    out, at = [], 0
+    for _, pool in pools:
+        positive_score, ce = scores[at], scores[at + 1 : at + 1 + len(pool)]
+        at += 1 + len(pool)
+        out.append((positive_score, sorted(zip(ce, [c for _, c in pool], strict=True), key=lambda t: -t[0])))
+    stats["cross_encoder"] = {"model": config.cross_encoder, "pairs_scored": len(pairs)}
+    return out
 
 
 def _near_positive(candidate: int, positives: np.ndarray, corpus_vectors: np.ndarray, threshold: float) -> bool:
@@ -207,33 +339,39 @@ def _near_positive(candidate: int, positives: np.ndarray, corpus_vectors: np.nda
     return bool(np.max(positives @ corpus_vectors[candidate]) >= threshold)
 
 
-def _random_negatives(rows, guards: _Guards, n: int, config: MiningConfig, stats) -> None:
+def _random_negatives(rows, guards: _Guards, n: int, config: MiningConfig) -> None:
     rng = random.Random(config.seed)
     corpus_ids = list(guards.position)
     for r in rows:
-        picks = _sample_excluding(rng, n, guards.forbidden(r.query_id), config.num_negatives)
+        picks = _sample_excluding(
+            rng, n, guards.forbidden(r.query_id), config.num_negatives, guards.blocked(r.query_id)
+        )
         r.negative_ids = [corpus_ids[c] for c in picks]
 
 
-def _sample_excluding(rng: random.Random, n: int, excluded: set[int], count: int) -> list[int]:
-    free = n - len(excluded)
+def _sample_excluding(
+    rng: random.Random, n: int, excluded: set[int], count: int, blocked: np.ndarray | None = None
+) -> list[int]:
+    free = n - len(excluded) - (int(blocked.sum()) if blocked is not None else 0)
     if free <= 0:
-        raise ValueError("no passage is left that is not a positive of this query; the corpus is too small")
+        raise ValueError("no passage is left that is not a positive of this query or held out; the corpus is too small")
     picks: list[int] = []
     while len(picks) < count:
         c = rng.randrange(n)
-        if c not in excluded and (c not in picks or free < count):
+        if c not in excluded and (blocked is None or not blocked[c]) and (c not in picks or free < count):
             picks.append(c)
     return picks
 
 
-def _score_summary(rows, guards: _Guards, corpus_vectors, encoder: Encoder, data: PairData, stats) -> None:
-    """Mean query-positive vs query-negative cosine: a quick read of how hard the negatives are."""
-    qids = list(dict.fromkeys(r.query_id for r in rows))
-    qv = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
+def _score_summary(rows, guards: _Guards, corpus_vectors, qids, query_vectors, stats) -> None:
+    """Query-positive vs query-negative cosines (means and histograms): a quick read of how hard the negatives are."""
     at = {q: i for i, q in enumerate(qids)}
-    pos = [float(qv[at[r.query_id]] @ corpus_vectors[guards.position[r.positive_id]]) for r in rows]
-    neg = [float(qv[at[r.query_id]] @ corpus_vectors[guards.position[n]]) for r in rows for n in r.negative_ids]
+    pos = [float(query_vectors[at[r.query_id]] @ corpus_vectors[guards.position[r.positive_id]]) for r in rows]
+    neg_per_row = [
+        [float(query_vectors[at[r.query_id]] @ corpus_vectors[guards.position[n]]) for n in r.negative_ids]
+        for r in rows
+    ]
+    neg = [s for row in neg_per_row for s in row]
     stats["mean_query_positive_cosine"] = round(float(np.mean(pos)), 4)
     stats["mean_query_negative_cosine"] = round(float(np.mean(neg)), 4) if neg else None
     bins = np.linspace(-1, 1, 21)
@@ -243,7 +381,5 @@ def _score_summary(rows, guards: _Guards, corpus_vectors, encoder: Encoder, data
         "query_negative": np.histogram(neg, bins)[0].tolist(),
     }
     stats["rows_negative_scores_above_positive"] = sum(
-        1
-        for r, p in zip(rows, pos, strict=True)
-        if any(float(qv[at[r.query_id]] @ corpus_vectors[guards.position[n]]) > p for n in r.negative_ids)
+        1 for p, row in zip(pos, neg_per_row, strict=True) if any(s > p for s in row)
     )

@@ -86,28 +86,39 @@ def mine_stage(
     out: Path,
     cache_dir: Path | None,
     max_seq_length: int | None = None,
+    split: SplitConfig | None = None,
 ) -> dict[str, Any]:
+    """Mine negatives for every row. The split is decided here, before mining, so that with `negatives_from:
+    train` a training row never gets a validation/test passage as its negative; `split_stage` then reuses it."""
     data = data_mod.load_prepared(prepared)
+    held_out = None
+    if config.negatives_from == "train":
+        split = split or SplitConfig()
+        split_ids, method = split_queries(data, split)
+        held_out = set(split_ids["validation"]) | set(split_ids["test"])
     needs_model = config.strategy in ("least-similar", "hard")
     encoder = Encoder(base_model, cache_dir, max_seq_length, config.batch_size) if needs_model else None
-    result = mine(data, encoder, config)
+    result = mine(data, encoder, config, held_out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "rows.jsonl").open("w") as f:
         for r in result.rows:
             f.write(json.dumps(asdict(r)) + "\n")
     meta = {"prepared": str(prepared.resolve()), "stats": result.stats}
+    if held_out is not None:
+        meta["split"] = {"settings": split.assignment(), "method": method, "ids": split_ids}
     (out / "stats.json").write_text(json.dumps(meta, indent=2))
     return result.stats
 
 
 def read_mined(mined: Path) -> tuple[data_mod.PairData, list[Row], dict[str, Any]]:
+    """The prepared data, the mined rows, and the mining metadata (stats, and the split mining was done for)."""
     if not (mined / "stats.json").exists():
         raise RagtuneError(f"{mined}: not a mined folder (no stats.json); run `ragtune mine` first")
     meta = json.loads((mined / "stats.json").read_text())
     data = data_mod.load_prepared(meta["prepared"])
     with (mined / "rows.jsonl").open() as f:
         rows = [Row(**json.loads(line)) for line in f]
-    return data, rows, meta["stats"]
+    return data, rows, meta
 
 
 def split_stage(
@@ -122,8 +133,16 @@ def split_stage(
 
     With `model`, near-identical texts are found with its (cached) embeddings; without, identical ones only.
     """
-    data, rows, mining_stats = read_mined(mined)
-    split_ids, method = split_queries(data, config)
+    data, rows, meta = read_mined(mined)
+    mining_stats = meta["stats"]
+    recorded = meta.get("split")
+    if recorded and recorded["settings"] != config.assignment():
+        raise RagtuneError(
+            f"{mined} was mined for the split {recorded['settings']} (training rows avoid its held-out passages), "
+            f"not for {config.assignment()}: run `ragtune mine` with the same split settings (--config), "
+            "or mine with negatives_from: all"
+        )
+    split_ids, method = (recorded["ids"], recorded["method"]) if recorded else split_queries(data, config)
     vectors = Encoder(model, cache_dir, max_seq_length, show_progress=False).encode if model else None
     leakage = leakage_report(data, split_ids, vectors, config.near_duplicate_cosine)
     if out.exists():
@@ -269,12 +288,12 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
         raise RagtuneError(f"data not found: {source}")
     k_prepare = _key(config.data.model_dump(), _file_key(Path(source)))
     _stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
-    k_mine = _key(k_prepare, config.mining.model_dump(), base_key, seq)
+    k_mine = _key(k_prepare, config.mining.model_dump(), base_key, seq, config.split.assignment())
     _stage(
         "mine negatives",
         out / "mined",
         k_mine,
-        lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq),
+        lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq, config.split),
     )
     k_split = _key(k_mine, config.split.model_dump(), base_key)
     _stage(

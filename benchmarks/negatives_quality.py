@@ -1,0 +1,115 @@
+"""Which negatives train the best model? The same run with least-similar, hard, and hard + guards negatives.
+
+    python benchmarks/negatives_quality.py --config examples/medquad.yaml \
+        --output-json benchmarks/results/negatives_quality.json
+
+Each variant is `ragtune run` on the config with only the `mining` section changed (same data, same split, same
+training settings; `--set key=value` changes all of them alike). The tuned models are then compared on the same
+held-out test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the base model).
+The variants share one embedding cache, so the base model encodes each text once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+VARIANTS = {
+    "least-similar": {"strategy": "least-similar"},
+    "hard": {"strategy": "hard", "range_min": 0, "range_max": 20, "margin": None},
+    "hard+guards": {
+        "strategy": "hard",
+        "range_min": 0,
+        "range_max": 20,
+        "margin": 0.05,
+        "max_cosine_to_positive": 0.98,
+    },
+}
+
+
+def _set(config: dict, item: str) -> None:
+    key, value = item.split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--out-root", type=Path, default=Path("runs/negatives"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every variant")
+    parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/negatives_quality.json"))
+    args = parser.parse_args()
+
+    base_config = yaml.safe_load(args.config.read_text())
+    data_path = Path(base_config["data"]["path"])
+    if not data_path.is_absolute():
+        base_config["data"]["path"] = str((args.config.parent / data_path).resolve())
+    for item in args.overrides:
+        _set(base_config, item)
+    args.out_root.mkdir(parents=True, exist_ok=True)
+    shared_cache = (args.out_root / "cache").resolve()
+    shared_cache.mkdir(exist_ok=True)
+    runs = {}
+    for name, mining in VARIANTS.items():
+        out = args.out_root / name
+        out.mkdir(exist_ok=True)
+        if not (out / "cache").exists():
+            (out / "cache").symlink_to(shared_cache)
+        config = {**base_config, "output_dir": str(out), "mining": {**base_config.get("mining", {}), **mining}}
+        config_file = args.out_root / f"{name}.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "ragtune", "run", str(config_file), "--allow-regression"]
+        subprocess.run(command, check=True)
+        mined = json.loads((out / "mined" / "stats.json").read_text())["stats"]
+        runs[name] = {
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "mining": {k: mined.get(k) for k in ("candidates_removed", "mean_query_negative_cosine")},
+            "mean_query_positive_cosine": mined.get("mean_query_positive_cosine"),
+        }
+
+    models = ["default"] + [str(args.out_root / name / "model") for name in VARIANTS]
+    compare_json = args.out_root / "compare.json"
+    command = [sys.executable, "-m", "ragtune", "compare", *models, "--data", str(args.out_root / "hard" / "data")]
+    command += ["--split", "test", "--output-json", str(compare_json), "--cache-dir", str(shared_cache)]
+    subprocess.run(command, check=True)
+    compared = json.loads(compare_json.read_text())
+    result = {
+        "command": " ".join(["python", "benchmarks/negatives_quality.py", "--config", str(args.config)])
+        + "".join(f" --set {o}" for o in args.overrides),
+        "variants": VARIANTS,
+        "runs": runs,
+        "compare": compared,
+    }
+    args.output_json.parent.mkdir(parents=True, exist_ok=True)
+    args.output_json.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result, list(VARIANTS)))
+
+
+def markdown(result: dict, names: list[str]) -> str:
+    compared = result["compare"]
+    systems = compared["systems"]
+    label = {systems[0]: "base (no fine-tuning)", "bm25": "BM25"}
+    label.update({s: f"tuned, {n} negatives" for s, n in zip(systems[1:], names, strict=False)})
+    diff = {c["system"]: c for c in compared["comparisons"] if c["metric"] == "ndcg@10"}
+    lines = ["| model | NDCG@10 [95% CI] | vs base (NDCG@10 points) |", "|---|---:|---:|"]
+    for s in systems:
+        lo, hi = compared["ci95"][s]["ndcg@10"]
+        vs = diff.get(s)
+        change = f"{vs['delta'] * 100:+.2f} [{vs['ci_low'] * 100:+.2f}, {vs['ci_high'] * 100:+.2f}]" if vs else ""
+        lines.append(f"| {label.get(s, s)} | {compared['metrics'][s]['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {change} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
