@@ -50,10 +50,10 @@ def main() -> None:
     parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/negatives_quality.json"))
     args = parser.parse_args()
 
+    from ragtune.config import load_config
+
     base_config = yaml.safe_load(args.config.read_text())
-    data_path = Path(base_config["data"]["path"])
-    if not data_path.is_absolute():
-        base_config["data"]["path"] = str((args.config.parent / data_path).resolve())
+    base_config["data"]["path"] = str(Path(load_config(args.config).data.path).resolve())  # the variants live elsewhere
     for item in args.overrides:
         _set(base_config, item)
     args.out_root.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,20 @@ from typer.testing import CliRunner
 from ragtune.cli import app
 
 runner = CliRunner()
-COMMANDS = ["prepare", "mine", "split", "evaluate", "compare", "train", "search", "index", "serve", "run"]
+COMMANDS = [
+    "prepare",
+    "mine",
+    "split",
+    "evaluate",
+    "compare",
+    "train",
+    "search",
+    "index",
+    "serve",
+    "run",
+    "synth",
+    "chunk",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -235,3 +235,19 @@ def test_cross_encoder_rescoring_picks_its_top_candidate(tiny_cross_encoder):
         assert r.negative_ids == [pool[int(np.argmax(scores))]] != p.negative_ids, scores
         assert p.negative_ids == ["h1"]
     assert result.stats["cross_encoder"]["pairs_scored"] == sum(1 + 3 for _ in result.rows)
+
+
+def test_passages_of_the_same_document_group_are_never_negatives():
+    data, enc = _planted()
+    # h1 is the positive of another pair made from q1's document (same group): a rewording, not a negative.
+    data.queries["q3"] = "question three"
+    enc.table["question three"] = _unit(0.9, 0.3, 0)
+    data.qrels["q3"] = {"h1": 1.0}
+    data.groups = {"q1": ["doc-a"], "q3": ["doc-a"], "q2": ["doc-b"]}
+    result = mine(data, enc, MiningConfig(strategy="hard", num_negatives=2, range_max=5))
+    for r in result.rows:
+        if r.query_id == "q1":
+            assert "h1" not in r.negative_ids and r.negative_ids == ["h2", "h3"]
+        if r.query_id == "q3":
+            assert not {"p1", "p2"} & set(r.negative_ids)
+    assert result.stats["candidates_removed"]["same_group_as_positive"] >= 2

@@ -335,6 +335,93 @@ def train_cmd(
     )
 
 
+@app.command("chunk")
+def chunk_cmd(
+    corpus: Annotated[Path, typer.Argument(help="Documents: BEIR folder, JSONL/CSV/Parquet, saved dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL of passages to write.")],
+    model: ModelOpt = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest passage, in the model's tokens.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages of a document.")] = 32,
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    id_column: Annotated[str, typer.Option(help="Column holding the document id.")] = "id",
+) -> None:
+    """Split long documents into overlapping passages that fit the model (a RAG corpus is chunks)."""
+    from ragtune.chunking import chunk_corpus
+
+    typer.echo(json.dumps(chunk_corpus(corpus, out, model or "default", max_tokens, overlap, text_column, id_column)))
+
+
+@app.command("synth")
+def synth_cmd(
+    corpus: Annotated[Path, typer.Argument(help="Documents or passages (see `ragtune chunk`), no queries needed.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs JSONL (query, passage, method, doc_id).")],
+    method: Annotated[
+        list[str], typer.Option(help="title, ict, crop or llm; repeat to combine (offline methods only).")
+    ] = ["title"],  # noqa: B006 (typer reads the default, never mutates it)
+    seed: Annotated[int, typer.Option(help="Seed: the same corpus and seed give the same pairs.")] = 42,
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    id_column: Annotated[str, typer.Option(help="Column holding the document id.")] = "id",
+    base_url: Annotated[
+        str | None, typer.Option(help="llm: OpenAI-compatible base URL, e.g. http://localhost:11434/v1 (Ollama).")
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option(help="llm: model name the endpoint serves.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="llm: environment variable holding the API key.")] = "OPENAI_API_KEY",
+    questions: Annotated[int, typer.Option(help="llm: questions asked per passage.")] = 3,
+    prompt: Annotated[Path | None, typer.Option(help="llm: prompt template file with {passage} and {n}.")] = None,
+    concurrency: Annotated[int, typer.Option(help="llm: requests in flight at once.")] = 4,
+    retries: Annotated[int, typer.Option(help="llm: retries on 429/5xx/connection errors, with backoff.")] = 5,
+    max_copied_words: Annotated[
+        int, typer.Option(help="llm: drop a question sharing this many consecutive words with its passage.")
+    ] = 10,
+    round_trip_k: Annotated[
+        int, typer.Option(help="llm: keep a question only if its passage is in the base model's top k (0: off).")
+    ] = 20,
+    round_trip_model: ModelOpt = None,
+) -> None:
+    """Turn a bare corpus into (query, passage) training pairs: offline methods, or your own LLM endpoint."""
+    from ragtune.search import load_documents
+    from ragtune.synth import synth_offline, write_pairs
+
+    if "llm" not in method:
+        stats = synth_offline(corpus, method, out, seed, text_column, id_column)
+        typer.echo(json.dumps(stats.to_dict(), indent=2))
+        typer.echo(f"{stats.pairs} pairs written to {out}")
+        return
+    if method != ["llm"]:
+        raise RagtuneError("--method llm cannot be combined with offline methods in one call; write two files")
+    from ragtune.llm import LLMSettings, filter_questions, generate, load_prompt
+
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+    if not base_url or not llm_model:
+        raise RagtuneError("--method llm needs --base-url (or OPENAI_BASE_URL) and --llm-model")
+    settings = LLMSettings(
+        base_url=base_url,
+        model=llm_model,
+        api_key_env=api_key_env,
+        questions=questions,
+        prompt=load_prompt(prompt),
+        concurrency=concurrency,
+        retries=retries,
+        max_copied_words=max_copied_words,
+        round_trip_k=round_trip_k,
+        round_trip_model=round_trip_model or "default",
+    )
+    documents = load_documents(corpus, text_column, id_column)
+    raw = out.with_name(out.name + ".raw.jsonl")
+    stats = generate(documents, settings, raw)
+    pairs = filter_questions(documents, raw, settings, stats)
+    write_pairs(pairs, out)
+    typer.echo(json.dumps(stats.to_dict(), indent=2))
+    typer.echo(f"{len(pairs)} pairs written to {out} (raw answers kept in {raw}; re-running resumes from it)")
+    if stats.failed:
+        typer.echo(
+            f"{len(stats.failed)} passages got no answer after {retries} retries; run the same command again to "
+            "ask for them only",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 @app.command("index")
 def index_cmd(
     model: Annotated[str, typer.Argument(help="Model folder (or Hub id) to encode with.")],

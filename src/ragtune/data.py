@@ -56,6 +56,7 @@ class PairData:
     stats: LoadStats
     splits: dict[str, list[str]] | None = None  # the source's own split: name -> query ids
     groups: dict[str, list[str]] = field(default_factory=dict)  # query id -> values of the group column
+    methods: dict[str, str] = field(default_factory=dict)  # query id -> how a synthetic pair was made (`method`)
 
     def pairs(self, query_ids: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
         qids = self.qrels.keys() if query_ids is None else query_ids
@@ -70,6 +71,7 @@ class PairData:
             qrels={q: self.qrels[q] for q in qids},
             stats=self.stats,
             groups={q: self.groups[q] for q in qids if q in self.groups},
+            methods={q: self.methods[q] for q in qids if q in self.methods},
         )
 
 
@@ -93,6 +95,7 @@ class _Builder:
         self.corpus: dict[str, str] = {}
         self.queries: dict[str, str] = {}
         self.qrels: dict[str, dict[str, float]] = {}
+        self.methods: dict[str, str] = {}
 
     def text(self, value: Any, where: str, column: str) -> str | None:
         problem = None
@@ -144,6 +147,9 @@ class _Builder:
             return
         qid = self.add_query(query)
         self.add_pair(qid, self.add_passage(passage))
+        method = record.get("method")  # written by `ragtune synth`; kept so reports can break results down by it
+        if isinstance(method, str) and method.strip():
+            self.methods.setdefault(qid, method.strip())
         if self.group_column:
             group = record.get(self.group_column)
             if group is None or (isinstance(group, float) and math.isnan(group)) or not str(group).strip():
@@ -154,7 +160,8 @@ class _Builder:
     def finish(self, splits: dict[str, list[str]] | None = None) -> PairData:
         queries = {q: t for q, t in self.queries.items() if q in self.qrels}
         groups = {q: sorted(g) for q, g in self.groups.items() if q in self.qrels}
-        data = PairData(self.corpus, queries, self.qrels, self.stats, splits, groups)
+        methods = {q: m for q, m in self.methods.items() if q in self.qrels}
+        data = PairData(self.corpus, queries, self.qrels, self.stats, splits, groups, methods)
         _count(data)
         return data
 
@@ -356,11 +363,14 @@ def load_ragtune_data(folder: Path) -> PairData:
     for name, ds in dd.items():
         qids: dict[str, None] = {}
         cols = ds.select_columns(["query_id", "query", "positive_id", "score"])
-        for qid, query, pid, score in zip(
-            cols["query_id"], cols["query"], cols["positive_id"], cols["score"], strict=True
+        methods = ds["method"] if "method" in ds.column_names else [""] * len(ds)
+        for qid, query, pid, score, method in zip(
+            cols["query_id"], cols["query"], cols["positive_id"], cols["score"], methods, strict=True
         ):
             builder.add_query(query, qid)
             builder.add_pair(qid, pid, score)
+            if method:
+                builder.methods.setdefault(qid, method)
             qids[qid] = None
         splits[name] = list(qids)
     data = builder.finish(splits)
@@ -473,7 +483,8 @@ def sample_pairs(data: PairData, max_pairs: int, seed: int) -> PairData:
     stats = LoadStats(**{**data.stats.to_dict(), "skipped_examples": list(data.stats.skipped_examples)})
     stats.pairs_sampled_out = data.stats.pairs - n
     groups = {q: g for q, g in data.groups.items() if q in keep}
-    sampled = PairData(corpus, {q: data.queries[q] for q in qrels}, qrels, stats, splits, groups)
+    methods = {q: m for q, m in data.methods.items() if q in keep}
+    sampled = PairData(corpus, {q: data.queries[q] for q in qrels}, qrels, stats, splits, groups, methods)
     _count(sampled)
     return sampled
 
@@ -495,7 +506,12 @@ def save_beir(data: PairData, folder: str | Path) -> Path:
             f.write("query-id\tcorpus-id\tscore\n")
             for qid, pid, score in data.pairs(qids):
                 f.write(f"{qid}\t{pid}\t{score:g}\n")
-    meta = {"load_stats": data.stats.to_dict(), "predefined_splits": data.splits is not None, "groups": data.groups}
+    meta = {
+        "load_stats": data.stats.to_dict(),
+        "predefined_splits": data.splits is not None,
+        "groups": data.groups,
+        "methods": data.methods,
+    }
     (folder / "stats.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -512,4 +528,5 @@ def load_prepared(folder: str | Path) -> PairData:
     if not meta["predefined_splits"]:
         data.splits = None
     data.groups = meta.get("groups", {})
+    data.methods = meta.get("methods", {})
     return data

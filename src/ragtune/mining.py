@@ -183,13 +183,24 @@ class _Guards:
             pos = {self.position[p] for p in rel}
             self.positives[qid] = pos
             self.same_text[qid] = {j for i in pos for j in by_text[text_hash[i]]} - pos
+        # Pairs made from one document (ragtune synth, data.group_column) share a group: another pair's passage
+        # from the same document is a rewording of this positive, never a negative.
+        by_group: dict[str, set[int]] = {}
+        for qid, values in data.groups.items():
+            for g in values:
+                by_group.setdefault(g, set()).update(self.positives.get(qid, ()))
+        self.same_group = {
+            qid: set().union(*(by_group[g] for g in values)) - self.positives[qid] - self.same_text[qid]
+            for qid, values in data.groups.items()
+            if qid in self.positives
+        }
         self.held_out_queries = held_out or set()
         self.held_out = np.zeros(len(corpus_ids), dtype=bool)
         for qid in self.held_out_queries:
             self.held_out[list(self.positives.get(qid, ()))] = True
 
     def forbidden(self, qid: str) -> set[int]:
-        return self.positives[qid] | self.same_text[qid]
+        return self.positives[qid] | self.same_text[qid] | self.same_group.get(qid, set())
 
     def blocked(self, qid: str) -> np.ndarray | None:
         """The held-out passages a training query's rows may not take (None: no restriction for this query)."""
@@ -244,7 +255,7 @@ def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, 
 
 def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: MiningConfig, stats, data) -> None:
     corpus_ids = list(guards.position)
-    most_positives = max(len(guards.positives[q]) + len(guards.same_text[q]) for q in qids)
+    most_positives = max(len(guards.forbidden(q)) for q in qids)
     depth = config.range_max + most_positives
     held_share = float(guards.held_out.mean())
     if held_share:  # candidates lost to held-out passages are replaced from further down the ranking
@@ -265,6 +276,8 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
                 removed["positive"] += 1
             elif c in guards.same_text[r.query_id]:
                 removed["same_text_as_positive"] += 1
+            elif c in guards.same_group.get(r.query_id, ()):
+                removed["same_group_as_positive"] += 1
             elif blocked is not None and blocked[c]:
                 removed["held_out_passage"] += 1
             else:

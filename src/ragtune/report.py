@@ -142,6 +142,33 @@ def _movers(per_query, queries, corpus, qrels, top10, n: int = 5) -> dict[str, l
     }
 
 
+def by_method(per_query: dict, methods: dict[str, str], systems: list[str]) -> dict[str, dict[str, Any]]:
+    """NDCG@10 per system on the test queries each synthesis method produced, with tuned vs base per method."""
+    groups: dict[str, list[str]] = {}
+    for qid in per_query[systems[0]][HEADLINE]:
+        groups.setdefault(methods.get(qid) or "unlabelled", []).append(qid)
+    out = {}
+    for method, qids in sorted(groups.items()):
+        sub = {s: {HEADLINE: {q: per_query[s][HEADLINE][q] for q in qids}} for s in systems}
+        row: dict[str, Any] = {"queries": len(qids)}
+        row.update({s: sum(sub[s][HEADLINE].values()) / len(qids) for s in systems})
+        if "tuned" in systems and "base" in systems:
+            row["tuned_vs_base"] = compare_all(sub, "base", ["tuned"], [HEADLINE])[0].to_dict()
+        out[method] = row
+    return out
+
+
+def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
+    lines = ["| method | queries | " + " | ".join(systems) + " | tuned − base [95% CI] |"]
+    lines.append("|---|---:|" + "---:|" * len(systems) + "---:|")
+    for method, row in rows.items():
+        c = row.get("tuned_vs_base")
+        diff = f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}]" if c else ""
+        cells = " | ".join(f"{row[s]:.4f}" for s in systems)
+        lines.append(f"| {method} | {row['queries']} | {cells} | {diff} |")
+    return "\n".join(lines)
+
+
 def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
     from ragtune.data import DATA_MARKER, load_ragtune_data
     from ragtune.report_html import write_html
@@ -175,6 +202,8 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
         "test_queries": test_base["queries"],
         "corpus": test_base["corpus"],
     }
+    if data.methods:
+        summary["by_method"] = by_method(per_query, data.methods, systems)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     table = metrics_table(metrics, systems, {"triplet accuracy": triplet})
     context = {
@@ -183,6 +212,7 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
         "systems": systems,
         "table_md": metrics_table(metrics, systems, {"triplet accuracy": triplet}, cis),
         "comparison_md": comparison_table(comparisons),
+        "by_method_md": by_method_table(summary["by_method"], systems) if data.methods else "",
         "config_yaml": resolved_yaml,
         "data_meta": data_meta,
         "train_info": train_info,
@@ -213,6 +243,7 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
         "",
         c["comparison_md"],
         "",
+        *(["NDCG@10 by the method that made each test pair:", "", c["by_method_md"], ""] if c["by_method_md"] else []),
         "Metrics follow trec_eval (graded NDCG). Triplet accuracy is the classic recipe's number: the share of "
         "(query, positive, mined negative) where the positive scores higher; with easy negatives it saturates "
         "near 1.0 and says little, which is why retrieval over the full corpus is the headline.",

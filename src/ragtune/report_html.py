@@ -127,6 +127,9 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
         "<div id='metrics'>" + md_table_to_html(c["table_md"]) + "</div>",
         "<h3>Paired comparisons (95% bootstrap CI of the difference, permutation p)</h3>",
         "<div id='comparisons'>" + md_table_to_html(c["comparison_md"]) + "</div>",
+        ("<h3>NDCG@10 by synthesis method</h3><div id='by-method'>" + md_table_to_html(c["by_method_md"]) + "</div>")
+        if c.get("by_method_md")
+        else "",
         f"<img id='plot-bars' alt='metrics by system' src='{bar_chart(c['metrics'], c['ci95'], c['systems'])}'>",
         "<h2>Training</h2>",
         f"<img id='plot-training' alt='training curves' src='{training_curves(c['history'])}'>",

@@ -135,7 +135,7 @@ def load_documents(path: str | Path, text_column: str = "text", id_column: str =
             if raw_id is None:
                 continue  # the same text twice without ids is one passage
             raise RagtuneError(f"{where}: id {doc_id!r} appears twice (field '{id_column}')")
-        meta = {k: _plain(v) for k, v in rec.items() if k not in (text_column, id_column, "title")}
+        meta = {k: _plain(v) for k, v in rec.items() if k not in (text_column, id_column)}
         docs[doc_id] = Document(doc_id, text, {k: v for k, v in meta.items() if v is not None})
     if not docs:
         raise RagtuneError(f"{path}: no passages")

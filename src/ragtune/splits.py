@@ -139,6 +139,8 @@ def rows_to_records(data: PairData, rows: list[Row]) -> list[dict[str, Any]]:
         rec.update({"query_id": r.query_id, "positive_id": r.positive_id, "score": r.score})
         for name, nid in zip(names, r.negative_ids, strict=True):
             rec[f"{name}_id"] = nid
+        if data.methods:
+            rec["method"] = data.methods.get(r.query_id, "")
         records.append(rec)
     return records
 

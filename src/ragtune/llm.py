@@ -1,0 +1,252 @@
+"""The `llm` synthesis method: N questions per passage from any OpenAI-compatible chat-completions endpoint.
+
+Works with Ollama, vLLM, llama.cpp's server and OpenAI alike: base URL + model name, key from an environment
+variable. Generation is resumable: every passage's answer is appended to `<out>.raw.jsonl` as soon as it arrives, and
+a re-run asks only for passages not in it. Filtering runs afterwards over the raw answers, so changing a filter never
+costs a new generation: preambles and numbering are stripped, duplicates dropped, questions that copy a long span of
+their passage dropped, and (round trip) a question is kept only if the base model ranks its passage in the top k.
+
+Written on plain httpx rather than the `openai` client: the retry policy (429 with Retry-After, 5xx, dropped
+connections) and the resumable log must be ours to test against a local fake server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragtune.errors import RagtuneError
+from ragtune.search import Document
+from ragtune.synth import Pair
+
+DEFAULT_PROMPT = """Write {n} different questions that a user of a search engine might ask and that the passage \
+below answers. Each question must make sense on its own, without the passage. Answer with a JSON list of strings.
+
+Passage:
+{passage}"""
+
+_NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d{1,2}[.):]|\(?[a-zA-Z][.)]|Q\d*[.:)]|Question\s*\d*[.:)])\s*")
+_PREAMBLE = re.compile(r"^(sure|okay|ok|certainly|of course|here (are|is)|below (are|is))\b", re.IGNORECASE)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.){8,})"')
+
+
+@dataclass
+class LLMSettings:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    questions: int = 3
+    prompt: str = DEFAULT_PROMPT
+    concurrency: int = 4
+    retries: int = 5
+    timeout: float = 120.0
+    temperature: float = 0.7
+    backoff: float = 1.0  # seconds before the first retry; doubles each time (with jitter), Retry-After wins
+    max_copied_words: int = 10  # drop a question sharing this many consecutive words with its passage
+    round_trip_k: int = 20  # keep a question only if its passage ranks in the base model's top k (0: off)
+    round_trip_model: str = "default"
+
+
+@dataclass
+class LLMStats:
+    passages: int = 0
+    requested: int = 0
+    resumed: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # doc id -> last error
+    retries: int = 0
+    removed: Counter = field(default_factory=Counter)
+    pairs: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "passages": self.passages,
+            "requested": self.requested,
+            "resumed_from_earlier_run": self.resumed,
+            "failed": len(self.failed),
+            "failed_examples": dict(list(self.failed.items())[:5]),
+            "retries": self.retries,
+            "questions_removed": dict(self.removed),
+            "pairs": self.pairs,
+        }
+
+
+def load_prompt(path: str | Path | None) -> str:
+    if path is None:
+        return DEFAULT_PROMPT
+    text = Path(path).read_text(encoding="utf-8")
+    if "{passage}" not in text:
+        raise RagtuneError(f"{path}: the prompt template needs a {{passage}} placeholder (and may use {{n}})")
+    return text
+
+
+def parse_questions(content: str) -> tuple[list[str], bool]:
+    """Questions from a model's answer: a JSON list (or {"questions": [...]}), else one per line.
+
+    Returns (questions, whether the answer was valid JSON). Malformed JSON (cut off, trailing text) falls back to
+    its quoted strings, then to lines, so one sloppy answer costs nothing.
+    """
+    text = content.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    if fence:
+        text = fence.group(1).strip()
+    start = min((i for i in (text.find("["), text.find("{")) if i >= 0), default=-1)
+    if start >= 0:
+        try:
+            parsed = json.loads(text[start:])
+            if isinstance(parsed, dict):
+                parsed = next((v for v in parsed.values() if isinstance(v, list)), [])
+            if isinstance(parsed, list):
+                return [_clean(str(q)) for q in parsed if _clean(str(q))], True
+        except json.JSONDecodeError:
+            quoted = [_clean(m.group(1)) for m in _QUOTED.finditer(text[start:])]
+            quoted = [q for q in quoted if q and q.lower() not in ("questions", "question")]
+            if quoted:
+                return quoted, False
+    lines = [_clean(line) for line in text.splitlines()]
+    return [q for q in lines if q and not _PREAMBLE.match(q) and not q.endswith(":")], False
+
+
+def _clean(question: str) -> str:
+    q = _NUMBERING.sub("", question.strip()).strip().strip('",').strip()
+    return q if len(q.split()) >= 3 else ""
+
+
+def copies_passage(question: str, passage: str, words: int) -> bool:
+    """True if the question contains `words` consecutive words of the passage (a lifted sentence, not a query)."""
+    q = re.findall(r"\w+", question.lower())
+    p = re.findall(r"\w+", passage.lower())
+    if len(q) < words:
+        return False
+    spans = {tuple(p[i : i + words]) for i in range(len(p) - words + 1)}
+    return any(tuple(q[i : i + words]) in spans for i in range(len(q) - words + 1))
+
+
+class _Client:
+    def __init__(self, settings: LLMSettings, stats: LLMStats):
+        import httpx
+
+        self.settings = settings
+        self.stats = stats
+        self.lock = threading.Lock()
+        key = os.environ.get(settings.api_key_env, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=settings.base_url.rstrip("/"), headers=headers, timeout=settings.timeout)
+
+    def ask(self, passage: str) -> str:
+        import httpx
+
+        s = self.settings
+        body = {
+            "model": s.model,
+            "temperature": s.temperature,
+            "messages": [{"role": "user", "content": s.prompt.format(passage=passage, n=s.questions)}],
+        }
+        error = ""
+        for attempt in range(s.retries + 1):
+            if attempt:
+                with self.lock:
+                    self.stats.retries += 1
+            wait = s.backoff * 2**attempt * (0.5 + random.random())
+            try:
+                reply = self.http.post("/chat/completions", json=body)
+            except httpx.TransportError as err:
+                error = f"connection: {err}"
+                time.sleep(wait)
+                continue
+            if reply.status_code == 200:
+                try:
+                    return reply.json()["choices"][0]["message"]["content"]
+                except (ValueError, KeyError, IndexError, TypeError) as err:
+                    raise RagtuneError(
+                        f"{s.base_url}: not a chat-completions answer ({err}): {reply.text[:200]}"
+                    ) from err
+            error = f"HTTP {reply.status_code}: {reply.text[:200]}"
+            if reply.status_code not in (408, 409, 429) and reply.status_code < 500:
+                raise RagtuneError(f"{s.base_url}/chat/completions refused the request: {error}")
+            retry_after = reply.headers.get("retry-after")
+            time.sleep(float(retry_after) if retry_after and retry_after.replace(".", "").isdigit() else wait)
+        raise RuntimeError(error)
+
+
+def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, progress: bool = True) -> LLMStats:
+    """Ask for questions for every passage not yet in `raw_path`, appending each answer as it arrives."""
+    stats = LLMStats(passages=len(documents))
+    done = set()
+    if raw_path.exists():
+        with raw_path.open(encoding="utf-8") as f:
+            done = {json.loads(line)["doc_id"] for line in f if line.strip()}
+    todo = [d for d in documents if d.id not in done]
+    stats.resumed = len(documents) - len(todo)
+    client = _Client(settings, stats)
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    write_lock = threading.Lock()
+    from tqdm import tqdm
+
+    with raw_path.open("a", encoding="utf-8") as out, ThreadPoolExecutor(settings.concurrency) as pool:
+        futures = {pool.submit(client.ask, d.text): d for d in todo}
+        stats.requested = len(futures)
+        for future in tqdm(as_completed(futures), total=len(futures), desc="asking the LLM", disable=not progress):
+            doc = futures[future]
+            try:
+                content = future.result()
+            except RuntimeError as err:
+                stats.failed[doc.id] = str(err)
+                continue
+            with write_lock:
+                out.write(json.dumps({"doc_id": doc.id, "content": content}, ensure_ascii=False) + "\n")
+                out.flush()
+    return stats
+
+
+def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSettings, stats: LLMStats) -> list[Pair]:
+    """Parse every raw answer and keep the questions that pass each filter; counts per filter go to `stats`."""
+    by_id = {d.id: d for d in documents}
+    candidates: list[Pair] = []
+    seen: set[str] = set()
+    with raw_path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            doc = by_id.get(record["doc_id"])
+            if doc is None:
+                continue  # a passage no longer in the corpus
+            questions, valid_json = parse_questions(record["content"])
+            if not valid_json:
+                stats.removed["answers_not_valid_json_(parsed_anyway)"] += 1
+            if not questions:
+                stats.removed["answers_without_a_question"] += 1
+            for q in questions:
+                key = " ".join(q.lower().split())
+                if key in seen:
+                    stats.removed["duplicate"] += 1
+                elif copies_passage(q, doc.text, settings.max_copied_words):
+                    stats.removed["copies_the_passage"] += 1
+                else:
+                    seen.add(key)
+                    candidates.append(Pair(q, doc.text, "llm", doc.id))
+    if settings.round_trip_k and candidates:
+        candidates = _round_trip(candidates, documents, settings, stats)
+    stats.pairs = len(candidates)
+    return candidates
+
+
+def _round_trip(pairs: list[Pair], documents: list[Document], settings: LLMSettings, stats: LLMStats) -> list[Pair]:
+    """Keep a question only if the base model finds its own passage in the top k of the whole corpus."""
+    from ragtune.embeddings import Encoder
+    from ragtune.search import flat_index, search_chunked
+
+    encoder = Encoder(settings.round_trip_model, None)
+    corpus = encoder.encode([d.text for d in documents], desc="round trip: encoding passages")
+    questions = encoder.encode([p.query for p in pairs], desc="round trip: encoding questions")
+    _, found = search_chunked(flat_index(corpus), questions, settings.round_trip_k)
+    position = {d.id: i for i, d in enumerate(documents)}
+    kept = [p for p, row in zip(pairs, found, strict=True) if position[p.doc_id] in set(row.tolist())]
+    stats.removed[f"round_trip_not_in_top_{settings.round_trip_k}"] += len(pairs) - len(kept)
+    return kept
