@@ -135,7 +135,11 @@ def synthesize(documents: list[Document], methods: list[str], seed: int = 42) ->
             if why:
                 stats.skipped[f"{method}: {why}"] += 1
             for p in made:
-                if (p.query, p.passage) not in seen and p.query.strip() != p.passage.strip():
+                if p.query.strip() == p.passage.strip():
+                    stats.skipped[f"{method}: query equals passage"] += 1
+                elif (p.query, p.passage) in seen:
+                    stats.skipped[f"{method}: duplicate of a pair made already"] += 1
+                else:
                     seen.add((p.query, p.passage))
                     pairs.append(p)
     stats.pairs = len(pairs)
