@@ -30,3 +30,94 @@ def test_two_steps_change_the_embeddings_and_save_a_card(tiny_model, tmp_path):
     log = json.loads((result.model_dir / "training_log.json").read_text())
     assert any("loss" in h for h in log) and any(BEST_METRIC in h for h in log)
     assert result.best_checkpoint is not None and result.best_metric is not None
+
+
+def test_cached_mnrl_gives_the_same_gradients_as_mnrl(tiny_model):
+    """GradCache is exact: a batch of 16 in mini-batches of 4 must produce MNRL's gradients."""
+    import torch
+    from sentence_transformers.sentence_transformer import losses
+
+    from ragtune.train import build_loss
+
+    model = load_model(tiny_model)
+    model.eval()  # no dropout, so both passes see the same network
+    queries = [f"question number {i} about topic {i % 5}" for i in range(16)]
+    passages = [f"passage {i} answers topic {i % 5} in detail" for i in range(16)]
+
+    def grads(loss_module):
+        model.zero_grad()
+        features = [model.tokenize(queries), model.tokenize(passages)]
+        loss_module(features, torch.zeros(16)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    plain = grads(build_loss(model, TrainConfig()))
+    cached_loss = build_loss(model, TrainConfig(loss="cached-mnrl", mini_batch_size=4))
+    assert isinstance(cached_loss, losses.CachedMultipleNegativesRankingLoss)
+    cached = grads(cached_loss)
+    assert plain.abs().sum() > 0 and torch.allclose(plain, cached, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_choices_and_argument_mapping(tiny_model, tmp_path):
+    from sentence_transformers.sentence_transformer import losses
+
+    from ragtune.train import build_loss
+
+    model = load_model(tiny_model)
+    m = build_loss(model, TrainConfig(matryoshka_dims=[32, 16, 8]))
+    assert isinstance(m, losses.MatryoshkaLoss) and list(m.matryoshka_dims) == [32, 16, 8]
+    gist = build_loss(model, TrainConfig(guide_model=str(tiny_model), loss="cached-mnrl"))
+    assert isinstance(gist, losses.CachedGISTEmbedLoss)
+    assert isinstance(build_loss(model, TrainConfig(guide_model=str(tiny_model))), losses.GISTEmbedLoss)
+    import pytest
+
+    from ragtune.errors import RagtuneError
+
+    with pytest.raises(RagtuneError, match="exceeds"):
+        build_loss(model, TrainConfig(matryoshka_dims=[64, 32]))
+    cfg = TrainConfig(report_to=["tensorboard"], torch_compile=True)
+    args = training_arguments(cfg, tmp_path, train_rows=80, has_validation=True)
+    assert args.report_to == ["tensorboard"] and args.torch_compile and not args.bf16
+    import torch
+
+    if not torch.cuda.is_available():  # on CPU, bf16 is refused with a message naming the setting
+        with pytest.raises(RagtuneError, match="precision=bf16"):
+            training_arguments(TrainConfig(precision="bf16"), tmp_path, 80, True)
+    assert training_arguments(TrainConfig(), tmp_path, 80, True).report_to in ([], "none", ["none"])
+
+
+def test_matryoshka_and_gist_train_and_evaluate_every_size(tiny_model, tmp_path):
+    data = split_folder(tmp_path, tiny_model)
+    cfg = TrainConfig(batch_size=16, learning_rate=1e-3, evals_per_epoch=1, matryoshka_dims=[32, 16, 8])
+    result = train(str(tiny_model), data, tmp_path / "mat", cfg)
+    evals = [h for h in result.log_history if BEST_METRIC in h]
+    assert evals and all(f"eval_validation_dim{d}_cosine_ndcg@10" in evals[-1] for d in (16, 8))
+    gist = train(str(tiny_model), data, tmp_path / "gist", TrainConfig(batch_size=16, guide_model=str(tiny_model)))
+    assert gist.steps == 2 and any("loss" in h for h in gist.log_history)
+
+
+def test_lora_adapter_round_trips_and_resumes(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    data = split_folder(tmp_path, tiny_model)
+    probe = ["what does the heart do?", "The lung has job number 3 in the body."]
+    cfg = TrainConfig(
+        batch_size=8,
+        learning_rate=5e-3,
+        evals_per_epoch=1,
+        adapter="lora",
+        lora_rank=4,
+        lora_target_modules=["query", "value"],
+    )
+    result = train(str(tiny_model), data, tmp_path / "out", cfg)
+    adapter = tmp_path / "out" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
+    merged = load_model(result.model_dir).encode(probe)
+    with_adapter = SentenceTransformer(str(adapter), device="cpu").encode(probe)
+    base = load_model(tiny_model).encode(probe)
+    assert np.allclose(merged, with_adapter, atol=1e-5)  # merge-to-full-model == base + adapter
+    assert not np.allclose(merged, base, atol=1e-4)  # and the adapter learned something
+    again = train(str(tiny_model), data, tmp_path / "out", cfg.model_copy(update={"epochs": 2}))
+    assert again.resumed_from is not None and again.steps == 2 * result.steps
+    assert np.allclose(
+        load_model(again.model_dir).encode(probe), SentenceTransformer(str(adapter)).encode(probe), atol=1e-5
+    )

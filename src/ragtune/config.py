@@ -110,7 +110,34 @@ class TrainConfig(Settings):
     max_seq_length: int | None = Field(None, ge=8)
     evals_per_epoch: int = Field(2, ge=1, description="Validation retrieval runs per epoch; the best is kept.")
     use_negatives: bool = Field(True, description="Feed mined negatives to the loss (else in-batch only).")
+    loss: Literal["mnrl", "cached-mnrl"] = Field(
+        "mnrl", description="cached-mnrl (GradCache): a large batch_size within the memory of mini_batch_size."
+    )
+    mini_batch_size: int = Field(32, ge=1, description="cached-mnrl: texts encoded per forward/backward pass.")
+    matryoshka_dims: list[int] | None = Field(
+        None, description="Train embeddings that still work truncated to these sizes, e.g. [384, 256, 128, 64]."
+    )
+    guide_model: str | None = Field(
+        None, description="GISTEmbed: a guide model that masks in-batch negatives it scores above the positive."
+    )
+    adapter: Literal["none", "lora"] = Field("none", description="lora: train a PEFT LoRA adapter, not all weights.")
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(["query", "key", "value", "dense"], min_length=1)
+    gather_across_devices: bool = Field(
+        True, description="Several processes (torchrun): every rank's batch is a negative for every other's."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision (bf16/fp16: GPUs).")
+    torch_compile: bool = Field(False, description="torch.compile the model (GPUs; slow to start).")
+    report_to: list[str] = Field([], description="Experiment trackers, e.g. [tensorboard] or [mlflow]; off by default.")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _dims(self) -> TrainConfig:
+        if self.matryoshka_dims and sorted(self.matryoshka_dims, reverse=True) != self.matryoshka_dims:
+            raise ValueError(f"matryoshka_dims must be in decreasing order, got {self.matryoshka_dims}")
+        return self
 
 
 class RunConfig(Settings):

@@ -1,14 +1,17 @@
 """Fine-tune with sentence-transformers' trainer: MultipleNegativesRankingLoss over (query, positive[, negatives]).
 
-ragtune adds only what the trainer does not do on its own: it maps `TrainConfig` onto the trainer's arguments in
-one function, evaluates retrieval over the *full* corpus on the validation split during training (keeping the best
-checkpoint), resumes from the last checkpoint after a crash, and writes the training log beside the model.
+ragtune adds only what the trainer does not do on its own: it maps `TrainConfig` onto the trainer's arguments and
+losses in one place each (MNRL or its GradCache variant, GISTEmbed with a guide model, Matryoshka on top, LoRA
+adapters), evaluates retrieval over the *full* corpus on the validation split during training (keeping the best
+checkpoint; at every Matryoshka size too), resumes from the last checkpoint after a crash, and writes the model and
+training log from rank 0 only when several processes train (torchrun).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +34,27 @@ class TrainResult:
     resumed_from: str | None
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, has_validation: bool):
     """The single place a ragtune setting becomes a trainer argument."""
+    steps_per_epoch = max(1, math.ceil(train_rows / (config.batch_size * world_size())))
+    eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
+    strategy = "steps" if has_validation else "no"
+    try:
+        return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation)
+    except ValueError as err:  # e.g. bf16 on a machine without a GPU that supports it
+        raise RagtuneError(f"train settings (precision={config.precision}): {err}") from err
+
+
+def _arguments(
+    config: TrainConfig, output_dir: Path, steps_per_epoch: int, eval_steps: int, strategy: str, has_validation: bool
+):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
-    steps_per_epoch = max(1, math.ceil(train_rows / config.batch_size))
-    eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
-    strategy = "steps" if has_validation else "no"
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -59,10 +75,73 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
         logging_steps=max(1, min(10, steps_per_epoch // 5)),
         seed=config.seed,
         data_seed=config.seed,
-        report_to="none",
+        report_to=config.report_to or "none",
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        torch_compile=config.torch_compile,
+        ddp_backend="gloo" if world_size() > 1 and not _has_cuda() else None,  # CPU ranks talk over gloo
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
+
+
+def build_loss(model, config: TrainConfig):
+    """MNRL, or CachedMNRL (GradCache) for a large batch in little memory; GISTEmbed when a guide model is given;
+    Matryoshka around either when sizes are given."""
+    from sentence_transformers.sentence_transformer import losses
+
+    gather = config.gather_across_devices and world_size() > 1
+    cached = config.loss == "cached-mnrl"
+    if config.guide_model:
+        guide = load_model(config.guide_model, config.max_seq_length)
+        if cached:
+            loss = losses.CachedGISTEmbedLoss(
+                model, guide, mini_batch_size=config.mini_batch_size, gather_across_devices=gather
+            )
+        else:
+            loss = losses.GISTEmbedLoss(model, guide, gather_across_devices=gather)
+    elif cached:
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=config.mini_batch_size, gather_across_devices=gather
+        )
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
+    if config.matryoshka_dims:
+        full = model.get_embedding_dimension()
+        if config.matryoshka_dims[0] > full:
+            raise RagtuneError(f"train.matryoshka_dims: {config.matryoshka_dims[0]} exceeds the model's {full} dims")
+        loss = losses.MatryoshkaLoss(model, loss, config.matryoshka_dims)
+    return loss
+
+
+def add_lora(model, config: TrainConfig) -> None:
+    try:
+        from peft import LoraConfig, TaskType
+    except ImportError as err:
+        raise RagtuneError("train.adapter: lora needs the peft package (pip install peft)") from err
+    lora = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
+    try:
+        model.add_adapter(lora)
+    except ValueError as err:
+        raise RagtuneError(f"train.lora_target_modules {config.lora_target_modules}: {err}") from err
+
+
+def merge_lora(model, base_model: str, adapter_dir: Path, max_seq_length: int | None) -> None:
+    """Fold the adapter into the base weights: a plain model every other stage (index, serve, export) can load.
+
+    The adapter sits inside the transformers model (`add_adapter`), which has no merge; so the saved adapter is
+    applied to a clean copy of the base through peft's PeftModel, merged there, and put in the trained model's place
+    (its model card and settings stay)."""
+    from peft import PeftModel
+
+    clean = load_model(base_model, max_seq_length)[0].auto_model
+    model[0].auto_model = PeftModel.from_pretrained(clean, str(adapter_dir)).merge_and_unload()
 
 
 def _has_cuda() -> bool:
@@ -71,9 +150,13 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def validation_evaluator(data_dir: Path, batch_size: int):
-    """Retrieval on the validation queries over every passage of the dataset, as the final evaluation does."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+def validation_evaluator(data_dir: Path, batch_size: int, dims: list[int] | None = None):
+    """Retrieval on the validation queries over every passage of the dataset, as the final evaluation does; with
+    Matryoshka sizes, also at each smaller size (metrics named validation_dim<N>)."""
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+        SequentialEvaluator,
+    )
 
     data = load_ragtune_data(data_dir)
     qids = (data.splits or {}).get("validation", [])
@@ -81,20 +164,28 @@ def validation_evaluator(data_dir: Path, batch_size: int):
         return None
     val = data.subset(qids)
     relevant = {q: set(rel) for q, rel in val.qrels.items()}
-    return InformationRetrievalEvaluator(
-        queries=val.queries,
-        corpus=data.corpus,
-        relevant_docs=relevant,
-        name="validation",
-        batch_size=batch_size,
-        show_progress_bar=True,
-        write_csv=False,
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10, 100],
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[100],
-    )
+
+    def evaluator(name: str, dim: int | None):
+        return InformationRetrievalEvaluator(
+            queries=val.queries,
+            corpus=data.corpus,
+            relevant_docs=relevant,
+            name=name,
+            batch_size=batch_size,
+            show_progress_bar=True,
+            write_csv=False,
+            accuracy_at_k=[1, 10],
+            precision_recall_at_k=[1, 10, 100],
+            mrr_at_k=[10],
+            ndcg_at_k=[10],
+            map_at_k=[100],
+            truncate_dim=dim,
+        )
+
+    full = evaluator("validation", None)
+    if not dims or len(dims) < 2:
+        return full
+    return SequentialEvaluator([full] + [evaluator(f"validation_dim{d}", d) for d in dims[1:]])
 
 
 def _training_columns(ds, use_negatives: bool):
@@ -116,7 +207,6 @@ def train(
     """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     splits = datasets.load_from_disk(str(data_dir))
@@ -124,22 +214,28 @@ def train(
         raise RagtuneError(f"{data_dir}: no train rows to fine-tune on")
     train_ds = _training_columns(splits["train"], config.use_negatives)
     model = load_model(base_model, config.max_seq_length)
-    evaluator = validation_evaluator(data_dir, config.batch_size)
+    if config.adapter == "lora":
+        add_lora(model, config)
+    evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims)
     checkpoint_dir = output_dir / "checkpoints"
     args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
-        loss=MultipleNegativesRankingLoss(model),
+        loss=build_loss(model, config),
         evaluator=evaluator,
     )
     resume_from = last_checkpoint(checkpoint_dir) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"
-    trainer.model.save(str(model_dir))
     history = trainer.state.log_history
-    (model_dir / "training_log.json").write_text(json.dumps(history, indent=2))
+    if trainer.is_world_process_zero():  # other ranks hold the same weights; one writer avoids torn files
+        if config.adapter == "lora":
+            trainer.model.save(str(output_dir / "adapter"))
+            merge_lora(trainer.model, base_model, output_dir / "adapter", config.max_seq_length)
+        trainer.model.save(str(model_dir))
+        (model_dir / "training_log.json").write_text(json.dumps(history, indent=2))
     return TrainResult(
         model_dir=model_dir,
         log_history=history,
