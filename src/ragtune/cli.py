@@ -309,10 +309,28 @@ def train_cmd(
         bool | None, typer.Option("--use-negatives/--no-negatives", help="Feed mined negatives to the loss.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed (default 42).")] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="mnrl or cached-mnrl (GradCache: big batches, little memory).")
+    ] = None,
+    mini_batch_size: Annotated[int | None, typer.Option(help="cached-mnrl: texts per forward pass.")] = None,
+    matryoshka_dims: Annotated[
+        str | None, typer.Option(help="Comma-separated embedding sizes to train for, e.g. 384,256,128,64.")
+    ] = None,
+    guide_model: Annotated[str | None, typer.Option(help="GISTEmbed guide model (filters false negatives).")] = None,
+    adapter: Annotated[str | None, typer.Option(help="none or lora (PEFT adapter, merged into model/).")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="lora: adapter rank (default 16).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (GPUs).")] = None,
+    report_to: Annotated[
+        list[str] | None, typer.Option(help="Experiment tracker (tensorboard, mlflow); repeat for several.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = True,
     config: ConfigOpt = None,
 ) -> None:
-    """Fine-tune with MultipleNegativesRankingLoss, keeping the checkpoint best on validation retrieval."""
+    """Fine-tune with MultipleNegativesRankingLoss, keeping the checkpoint best on validation retrieval.
+
+    Several processes: `torchrun --nproc_per_node N -m ragtune train ...` (gloo on CPU, NCCL on GPUs); each rank's
+    batch serves as negatives for every other's, and only rank 0 writes the model.
+    """
     from ragtune.train import train
 
     settings = _settings(
@@ -328,11 +346,23 @@ def train_cmd(
         evals_per_epoch=evals_per_epoch,
         use_negatives=use_negatives,
         seed=seed,
+        loss=loss,
+        mini_batch_size=mini_batch_size,
+        matryoshka_dims=[int(d) for d in matryoshka_dims.split(",")] if matryoshka_dims else None,
+        guide_model=guide_model,
+        adapter=adapter,
+        lora_rank=lora_rank,
+        precision=precision,
+        report_to=report_to,
     )
     result = train(_base_model(model, config), data, out, settings, resume=resume)
-    typer.echo(
-        f"model saved to {result.model_dir} after {result.steps} steps; best validation NDCG@10: {result.best_metric}"
-    )
+    if result.wrote_model:
+        typer.echo(
+            f"rank {result.rank}: model saved to {result.model_dir} after {result.steps} steps; "
+            f"best validation NDCG@10: {result.best_metric}"
+        )
+    else:
+        typer.echo(f"rank {result.rank}: trained {result.steps} steps; wrote nothing (rank 0 writes the model)")
 
 
 @app.command("chunk")

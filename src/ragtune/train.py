@@ -32,6 +32,8 @@ class TrainResult:
     best_checkpoint: str | None
     steps: int
     resumed_from: str | None
+    rank: int = 0
+    wrote_model: bool = True
 
 
 def world_size() -> int:
@@ -79,7 +81,9 @@ def _arguments(
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
         torch_compile=config.torch_compile,
-        ddp_backend="gloo" if world_size() > 1 and not _has_cuda() else None,  # CPU ranks talk over gloo
+        # Several CPU processes: accelerate only treats them as one job (MULTI_CPU, gloo) when told they are CPU.
+        use_cpu=world_size() > 1 and not _has_cuda(),
+        ddp_backend="gloo" if world_size() > 1 and not _has_cuda() else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
@@ -230,7 +234,8 @@ def train(
     trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"
     history = trainer.state.log_history
-    if trainer.is_world_process_zero():  # other ranks hold the same weights; one writer avoids torn files
+    wrote = trainer.is_world_process_zero()
+    if wrote:  # other ranks hold the same weights; one writer avoids torn files
         if config.adapter == "lora":
             trainer.model.save(str(output_dir / "adapter"))
             merge_lora(trainer.model, base_model, output_dir / "adapter", config.max_seq_length)
@@ -243,4 +248,6 @@ def train(
         best_checkpoint=trainer.state.best_model_checkpoint,
         steps=trainer.state.global_step,
         resumed_from=resume_from,
+        rank=trainer.args.process_index,
+        wrote_model=wrote,
     )
