@@ -206,9 +206,16 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def train(
-    base_model: str, data_dir: str | Path, output_dir: str | Path, config: TrainConfig, resume: bool = True
+    base_model: str,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    config: TrainConfig,
+    resume: bool = True,
+    callbacks: list | None = None,
 ) -> TrainResult:
-    """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`."""
+    """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`.
+
+    `callbacks`: extra `transformers.TrainerCallback`s (progress hooks, timing)."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer
 
@@ -229,6 +236,7 @@ def train(
         train_dataset=train_ds,
         loss=build_loss(model, config),
         evaluator=evaluator,
+        callbacks=callbacks,
     )
     resume_from = last_checkpoint(checkpoint_dir) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)

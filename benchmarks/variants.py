@@ -1,12 +1,14 @@
-"""Which negatives train the best model? The same run with least-similar, hard, and hard + guards negatives.
+"""The same run with one setting varied, every tuned model compared on the same held-out test queries.
 
-    python benchmarks/negatives_quality.py --config examples/medquad.yaml \
-        --output-json benchmarks/results/negatives_quality.json
+    python benchmarks/variants.py negatives --config examples/medquad.yaml --set train.max_seq_length=128
+    python benchmarks/variants.py batch-size --config examples/medquad.yaml --set train.max_seq_length=128
 
-Each variant is `ragtune run` on the config with only the `mining` section changed (same data, same split, same
-training settings; `--set key=value` changes all of them alike). The tuned models are then compared on the same
-held-out test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the base model).
-The variants share one embedding cache, so the base model encodes each text once.
+Presets: `negatives` varies the `mining` section (least-similar vs hard vs hard + guards); `batch-size` varies the
+effective batch of the loss (16 with MNRL; 64 and 256 with CachedMNRL in mini-batches of 16). Everything else (data,
+split, training settings; `--set key=value` changes all variants alike) is the same. The tuned models are compared on
+the same test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the base model).
+The variants share one embedding cache, so the base model encodes each text once. Results go to
+benchmarks/results/<preset>.json.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from pathlib import Path
 
 import yaml
 
-VARIANTS = {
-    "least-similar": {"strategy": "least-similar"},
-    "hard": {"strategy": "hard", "range_min": 0, "range_max": 20, "margin": None},
-    "hard+guards": {
-        "strategy": "hard",
-        "range_min": 0,
-        "range_max": 20,
-        "margin": 0.05,
-        "max_cosine_to_positive": 0.98,
+GUARDS = {"range_min": 0, "range_max": 20, "margin": 0.05, "max_cosine_to_positive": 0.98}
+PRESETS = {
+    "negatives": {
+        "least-similar": {"mining": {"strategy": "least-similar"}},
+        "hard": {"mining": {"strategy": "hard", "range_min": 0, "range_max": 20, "margin": None}},
+        "hard+guards": {"mining": {"strategy": "hard", **GUARDS}},
+    },
+    "batch-size": {
+        "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},
+        "batch-64": {"train": {"loss": "cached-mnrl", "batch_size": 64, "mini_batch_size": 16}},
+        "batch-256": {"train": {"loss": "cached-mnrl", "batch_size": 256, "mini_batch_size": 16}},
     },
 }
 
@@ -44,11 +48,15 @@ def _set(config: dict, item: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", choices=list(PRESETS))
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out-root", type=Path, default=Path("runs/negatives"))
+    parser.add_argument("--out-root", type=Path, help="default: runs/<preset>")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every variant")
-    parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/negatives_quality.json"))
+    parser.add_argument("--output-json", type=Path, help="default: benchmarks/results/<preset>.json")
     args = parser.parse_args()
+    variants = PRESETS[args.preset]
+    args.out_root = args.out_root or Path("runs") / args.preset
+    args.output_json = args.output_json or Path("benchmarks/results") / f"{args.preset}.json"
 
     from ragtune.config import load_config
 
@@ -60,12 +68,14 @@ def main() -> None:
     shared_cache = (args.out_root / "cache").resolve()
     shared_cache.mkdir(exist_ok=True)
     runs = {}
-    for name, mining in VARIANTS.items():
+    for name, changes in variants.items():
         out = args.out_root / name
         out.mkdir(exist_ok=True)
         if not (out / "cache").exists():
             (out / "cache").symlink_to(shared_cache)
-        config = {**base_config, "output_dir": str(out), "mining": {**base_config.get("mining", {}), **mining}}
+        config = {**base_config, "output_dir": str(out)}
+        for section, values in changes.items():
+            config[section] = {**base_config.get(section, {}), **values}
         config_file = args.out_root / f"{name}.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
@@ -78,29 +88,30 @@ def main() -> None:
             "mean_query_positive_cosine": mined.get("mean_query_positive_cosine"),
         }
 
-    models = ["default"] + [str(args.out_root / name / "model") for name in VARIANTS]
+    models = ["default"] + [str(args.out_root / name / "model") for name in variants]
     compare_json = args.out_root / "compare.json"
-    command = [sys.executable, "-m", "ragtune", "compare", *models, "--data", str(args.out_root / "hard" / "data")]
+    first = args.out_root / next(iter(variants)) / "data"  # every variant has the same test queries and corpus
+    command = [sys.executable, "-m", "ragtune", "compare", *models, "--data", str(first)]
     command += ["--split", "test", "--output-json", str(compare_json), "--cache-dir", str(shared_cache)]
     subprocess.run(command, check=True)
     compared = json.loads(compare_json.read_text())
     result = {
-        "command": " ".join(["python", "benchmarks/negatives_quality.py", "--config", str(args.config)])
+        "command": " ".join(["python", "benchmarks/variants.py", args.preset, "--config", str(args.config)])
         + "".join(f" --set {o}" for o in args.overrides),
-        "variants": VARIANTS,
+        "variants": variants,
         "runs": runs,
         "compare": compared,
     }
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
     args.output_json.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result, list(VARIANTS)))
+    print(markdown(result, list(variants)))
 
 
 def markdown(result: dict, names: list[str]) -> str:
     compared = result["compare"]
     systems = compared["systems"]
     label = {systems[0]: "base (no fine-tuning)", "bm25": "BM25"}
-    label.update({s: f"tuned, {n} negatives" for s, n in zip(systems[1:], names, strict=False)})
+    label.update({s: f"tuned, {n}" for s, n in zip(systems[1:], names, strict=False)})
     diff = {c["system"]: c for c in compared["comparisons"] if c["metric"] == "ndcg@10"}
     lines = ["| model | NDCG@10 [95% CI] | vs base (NDCG@10 points) |", "|---|---:|---:|"]
     for s in systems:

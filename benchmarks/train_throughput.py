@@ -1,0 +1,171 @@
+"""Training throughput: ragtune vs a plain sentence-transformers script, as a share of this CPU's matmul peak.
+
+    python benchmarks/train_throughput.py --data runs/medquad/data --steps 12 \
+        --output-json benchmarks/results/train_throughput.json
+
+Three child processes, one after another, each alone on the machine: (1) the float32 matmul peak (torch.mm of
+4096x4096, best of 5), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches), (3) `ragtune.train`.
+Both trainers get the same model (all-MiniLM-L6-v2), data (query, positive, negative), batch size, sequence length
+and learning-rate schedule. Each training step is timed by a callback (evaluation and saving excluded) and the first
+2 steps are dropped as warm-up. Useful FLOPs count non-padding tokens only: per text 6 x (non-embedding parameters) x
+tokens for the linear layers plus 6 x layers x 2 x tokens^2 x width for attention (forward + backward = 3x forward),
+so padding a batch makes it slower without making it look busier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS_SKIPPED = 2
+
+
+def matmul_peak() -> dict:
+    import torch
+
+    a = torch.randn(4096, 4096)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        best = min(best, time.perf_counter() - start)
+    return {"gflops": round(2 * 4096**3 / best / 1e9, 1), "threads": torch.get_num_threads()}
+
+
+class StepTimer:
+    """A TrainerCallback that sums the wall time of each optimizer step."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.times: list[float] = []
+                self.start = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):
+                self.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                self.times.append(time.perf_counter() - self.start)
+
+        return _Timer()
+
+
+def useful_gflop_per_row(model, ds, max_seq_length: int) -> float:
+    """Mean useful training FLOPs (GFLOP) of one (query, positive, negative) row, non-padding tokens only."""
+    tok = model.tokenizer
+    cfg = model[0].auto_model.config
+    embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    dense = sum(p.numel() for p in model.parameters()) - embed
+    total = 0.0
+    columns = [c for c in ("query", "positive", "negative") if c in ds.column_names]
+    for c in columns:
+        for text in ds[c]:
+            t = min(len(tok(text)["input_ids"]), max_seq_length)
+            total += 6 * dense * t + 6 * cfg.num_hidden_layers * 2 * t * t * cfg.hidden_size
+    return total / len(ds) / 1e9
+
+
+def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dict:
+    import datasets
+
+    from ragtune.embeddings import load_model
+
+    ds = datasets.load_from_disk(str(data))["train"]
+    rows = steps * batch
+    timer = StepTimer()
+    if which == "plain":
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+        from sentence_transformers.base.sampler import BatchSamplers
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        model = load_model("default", seq)
+        train_ds = ds.select_columns(["query", "positive", "negative"])
+        with tempfile.TemporaryDirectory() as tmp:
+            args = SentenceTransformerTrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=batch,
+                max_steps=steps,
+                learning_rate=2e-5,
+                warmup_steps=0.1,
+                batch_sampler=BatchSamplers.NO_DUPLICATES,
+                save_strategy="no",
+                report_to="none",
+                seed=42,
+            )
+            trainer = SentenceTransformerTrainer(
+                model=model,
+                args=args,
+                train_dataset=train_ds,
+                loss=MultipleNegativesRankingLoss(model),
+                callbacks=[timer],
+            )
+            trainer.train()
+    else:
+        from ragtune.config import TrainConfig
+        from ragtune.train import train
+
+        config = TrainConfig(epochs=rows / len(ds), batch_size=batch, max_seq_length=seq, evals_per_epoch=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            train("default", data, Path(tmp), config, resume=False, callbacks=[timer])
+        model = load_model("default", seq)
+    times = timer.times[STEPS_SKIPPED:]
+    gflop_row = useful_gflop_per_row(model, ds, seq)
+    seconds = sum(times)
+    return {
+        "steps_timed": len(times),
+        "seconds_per_step": round(seconds / len(times), 3),
+        "samples_per_second": round(batch * len(times) / seconds, 2),
+        "useful_gflop_per_row": round(gflop_row, 2),
+        "useful_gflops": round(gflop_row * batch * len(times) / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("runs/medquad/data"))
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/train_throughput.json"))
+    parser.add_argument("--child", choices=["peak", "plain", "ragtune"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "peak":
+        print(json.dumps(matmul_peak()))
+        return
+    if args.child:
+        print(json.dumps(run_trainer(args.child, args.data, args.steps, args.batch_size, args.max_seq_length)))
+        return
+
+    def child(which: str) -> dict:
+        command = [sys.executable, __file__, "--child", which, "--data", str(args.data), "--steps", str(args.steps)]
+        command += ["--batch-size", str(args.batch_size), "--max-seq-length", str(args.max_seq_length)]
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    peak = child("peak")
+    result = {"settings": vars(args) | {"data": str(args.data), "output_json": str(args.output_json)}, "peak": peak}
+    for which in ("plain", "ragtune"):
+        r = child(which)
+        r["share_of_peak"] = round(r["useful_gflops"] / peak["gflops"], 3)
+        result[which] = r
+    result["ragtune_vs_plain"] = round(
+        result["ragtune"]["samples_per_second"] / result["plain"]["samples_per_second"], 3
+    )
+    result.pop("child", None)
+    result["settings"].pop("child", None)
+    print(json.dumps(result, indent=2))
+    args.output_json.parent.mkdir(parents=True, exist_ok=True)
+    args.output_json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
