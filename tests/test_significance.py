@@ -38,3 +38,18 @@ def test_mean_ci_covers_the_mean_and_needs_same_queries():
     assert low < v.mean() < high and high - low < 0.1
     with pytest.raises(ValueError, match="same queries"):
         compare({"a": 1.0}, {"b": 1.0})
+
+
+def test_report_breaks_results_down_by_synthesis_method():
+    from ragtune.report import by_method, by_method_table
+
+    qids = [f"q{i}" for i in range(40)]
+    methods = {q: ("title" if i < 20 else "ict") for i, q in enumerate(qids)}
+    base = {q: 0.5 for q in qids}
+    tuned = {q: (0.9 if methods[q] == "title" else 0.5) for q in qids}  # only title queries improve
+    per_query = {"base": {"ndcg@10": base}, "tuned": {"ndcg@10": tuned}}
+    rows = by_method(per_query, methods, ["base", "tuned"])
+    assert rows["title"]["queries"] == 20 and rows["title"]["tuned"] == 0.9 and rows["ict"]["tuned"] == 0.5
+    assert rows["title"]["tuned_vs_base"]["significant"] and not rows["ict"]["tuned_vs_base"]["significant"]
+    table = by_method_table(rows, ["base", "tuned"])
+    assert "| title | 20 | 0.5000 | 0.9000 | +40.00" in table
