@@ -126,3 +126,32 @@ def test_killed_during_training_resumes_from_checkpoint(tiny_model, tmp_path):
     uninterrupted = json.loads((tmp_path / "whole" / "model" / "ragtune_train.json").read_text())
     assert uninterrupted["resumed_from"] is None
     assert abs(info["best_validation_ndcg@10"] - uninterrupted["best_validation_ndcg@10"]) <= 0.005
+
+
+def test_run_from_a_bare_corpus_makes_pairs_and_reports_by_method(tiny_model, tmp_path):
+    from conftest import shared_file
+
+    beir = tmp_path / "scifact60"
+    beir.mkdir()
+    with shared_file("scifact", "corpus.jsonl").open() as f:
+        (beir / "corpus.jsonl").write_text("".join(next(f) for _ in range(60)))
+    cfg = RunConfig.model_validate(
+        {
+            "base_model": str(tiny_model),
+            "output_dir": str(tmp_path / "run"),
+            "allow_regression": True,
+            "synth": {"corpus": str(beir), "methods": ["title", "crop"], "chunk_tokens": 96},
+            "mining": {"strategy": "hard", "range_max": 5},
+            "split": {"split_by": "group"},
+            "train": {"epochs": 1, "batch_size": 8, "evals_per_epoch": 1},
+        }
+    )
+    summary = run(cfg)
+    out = tmp_path / "run"
+    pairs = [json.loads(line) for line in (out / "synth" / "pairs.jsonl").read_text().splitlines()]
+    assert {p["method"] for p in pairs} == {"title", "crop"}
+    assert {p["doc_id"] for p in pairs} <= {json.loads(line)["_id"] for line in (beir / "corpus.jsonl").open()}
+    stats = json.loads((out / "synth" / "stats.json").read_text())
+    assert stats["chunking"]["chunks"] > 60 and stats["chunking"]["longest_chunk_tokens"] <= 96
+    assert set(summary["by_method"]) == {"title", "crop"}
+    assert "by the method that made each test pair" in (out / "report.md").read_text()

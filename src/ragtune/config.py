@@ -31,6 +31,16 @@ class DataConfig(Settings):
     sample_seed: int = 42
 
 
+class SynthConfig(Settings):
+    corpus: str = Field(description="Documents without queries: BEIR folder, JSONL/CSV/Parquet, saved dataset.")
+    methods: list[Literal["title", "ict", "crop"]] = Field(["title", "ict", "crop"], min_length=1)
+    chunk_tokens: int | None = Field(None, ge=16, description="Chunk documents into passages of this many tokens.")
+    chunk_overlap: int = Field(32, ge=0)
+    text_column: str = "text"
+    id_column: str = "id"
+    seed: int = 42
+
+
 class MiningConfig(Settings):
     strategy: Literal["least-similar", "hard", "random", "none"] = "least-similar"
     num_negatives: int = Field(1, ge=1)
@@ -146,6 +156,9 @@ class RunConfig(Settings):
     allow_regression: bool = Field(
         False, description="Exit 0 even when the tuned model is not better than the base model on validation."
     )
+    synth: SynthConfig | None = Field(
+        None, description="Make the training pairs from a bare corpus first (then data.path is not needed)."
+    )
     data: DataConfig = DataConfig()
     mining: MiningConfig = MiningConfig()
     split: SplitConfig = SplitConfig()
@@ -172,6 +185,10 @@ def load_config(path: str | Path) -> RunConfig:
         candidate = (path.parent / config.data.path).resolve()
         if candidate.exists():
             config.data.path = str(candidate)
+    if config.synth and not Path(config.synth.corpus).is_absolute():
+        candidate = (path.parent / config.synth.corpus).resolve()
+        if candidate.exists():
+            config.synth.corpus = str(candidate)
     return config
 
 

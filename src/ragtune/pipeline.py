@@ -27,7 +27,7 @@ import yaml
 from rich.console import Console
 
 from ragtune import data as data_mod
-from ragtune.config import DataConfig, EvalConfig, MiningConfig, RunConfig, SplitConfig
+from ragtune.config import DataConfig, EvalConfig, MiningConfig, RunConfig, SplitConfig, SynthConfig
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
@@ -77,6 +77,28 @@ def prepare_stage(config: DataConfig, out: Path) -> data_mod.PairData:
         shutil.rmtree(out)
     data_mod.save_beir(data, out)
     return data
+
+
+def synth_stage(config: SynthConfig, model: str, out: Path) -> dict[str, Any]:
+    """Chunk the corpus (when asked) and make pairs from it with the offline methods; stats beside the pairs."""
+    from ragtune.chunking import chunk_corpus
+    from ragtune.synth import synth_offline
+
+    if not Path(config.corpus).exists():
+        raise RagtuneError(f"synth.corpus not found: {config.corpus}")
+    out.mkdir(parents=True, exist_ok=True)
+    corpus, text_column, id_column = Path(config.corpus), config.text_column, config.id_column
+    stats: dict[str, Any] = {}
+    if config.chunk_tokens:
+        stats["chunking"] = chunk_corpus(
+            corpus, out / "chunks.jsonl", model, config.chunk_tokens, config.chunk_overlap, text_column, id_column
+        )
+        corpus, text_column, id_column = out / "chunks.jsonl", "text", "id"
+    made = synth_offline(corpus, list(config.methods), out / "pairs.jsonl", config.seed, text_column, id_column)
+    stats["synth"] = made.to_dict()
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    console.print(f"synthetic pairs: {stats}", markup=False)
+    return stats
 
 
 def mine_stage(
@@ -280,6 +302,14 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
     base_key = model_fingerprint(base)
     seq = config.evaluate.max_seq_length
 
+    if config.synth:
+        synth = config.synth
+        k_synth = _key(synth.model_dump(), _file_key(Path(synth.corpus)), base_key if synth.chunk_tokens else None)
+        _stage(
+            "synthesize pairs from the corpus", out / "synth", k_synth, lambda: synth_stage(synth, base, out / "synth")
+        )
+        config.data.path = str((out / "synth" / "pairs.jsonl").resolve())
+        config.data.group_column = config.data.group_column or "doc_id"  # one document's pairs stay together
     source = config.data.path
     if config.data.format == "pubmedqa" and (not source or not Path(source).exists()):
         source = str(data_mod.resolve_pubmedqa(source))

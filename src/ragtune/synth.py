@@ -132,6 +132,9 @@ def synthesize(documents: list[Document], methods: list[str], seed: int = 42) ->
     for method in methods:
         for doc in documents:
             made, why = _MAKERS[method](doc, seed)
+            source = doc.metadata.get("doc_id")  # a chunk (ragtune chunk) reports the document it came from
+            for p in made:
+                p.doc_id = str(source) if source is not None else p.doc_id
             if why:
                 stats.skipped[f"{method}: {why}"] += 1
             for p in made:
