@@ -97,10 +97,12 @@ def least_similar_assignment(
             wider = len(candidates) * 8
             if approximate and wider <= min(n, _MAX_WIDER_K):
                 rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (12 * wider))
-                more.update(zip(rows, search(-row_vectors[rows], wider)[1], strict=True))
+                more.update((r, ids.copy()) for r, ids in zip(rows, search(-row_vectors[rows], wider)[1], strict=True))
             else:
                 rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (4 * n))
-                full.update(zip(rows, row_vectors[rows] @ corpus_vectors.T, strict=True))
+                full.update(
+                    (r, sims.copy()) for r, sims in zip(rows, row_vectors[rows] @ corpus_vectors.T, strict=True)
+                )
         if i in full:
             sims = full.pop(i)
             sims[np.fromiter(forbidden[i], dtype=np.int64, count=len(forbidden[i]))] = np.inf
@@ -120,12 +122,19 @@ def least_similar_assignment(
 
 
 def _stuck_rows(i: int, size: int, first: np.ndarray, more: dict, full: dict, used: np.ndarray, limit: int) -> list:
-    """Row i plus later rows whose `size` candidates are all used already: they would each need the same help."""
+    """Row i plus later rows whose `size` candidates are all used already: they would each need the same help.
+
+    Only rows within 4 x limit of i: a row far ahead would hold its result in memory until the walk reaches it, and
+    such rows pile up over the whole walk (each row's result is copied out, so it frees nothing else)."""
+    limit = max(1, limit)
+    horizon = i + 4 * limit
     if size == first.shape[1]:
-        later = (i + np.flatnonzero(used[np.maximum(first[i:], 0)].all(axis=1))).tolist()
+        later = (i + np.flatnonzero(used[np.maximum(first[i:horizon], 0)].all(axis=1))).tolist()
         later = [j for j in later if j not in more and j not in full]
     else:
-        later = [j for j, c in more.items() if j > i and j not in full and len(c) == size and used[c[c >= 0]].all()]
+        later = [
+            j for j, c in more.items() if i < j < horizon and j not in full and len(c) == size and used[c[c >= 0]].all()
+        ]
     return [i] + [j for j in later if j != i][: max(0, limit - 1)]
 
 
