@@ -59,6 +59,7 @@ class FakeLLM:
 
     def __init__(self, key="secret"):
         self.requests = Counter()
+        self.prompts: list[str] = []
         self.down: set[str] = set()  # tags answered with 500 until cleared
         self.key = key
         fake = self
@@ -70,6 +71,7 @@ class FakeLLM:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][0]["content"]
+                fake.prompts.append(prompt)
                 tag = next((t for t in ANSWERS if t in prompt), None)
                 fake.requests[tag] += 1
                 n = fake.requests[tag]
@@ -152,14 +154,21 @@ def test_resume_asks_only_for_passages_without_an_answer(fake_llm, tmp_path):
 
 def test_cli_runs_the_llm_method_and_a_wrong_key_is_a_clear_error(fake_llm, tmp_path, monkeypatch):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": k, "text": v} for k, v in PASSAGES.items()])
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text('Ask {n} questions. Reply like {"questions": ["..."]}.\nPassage:\n{passage}')
     fake_llm.requests.update({"[rate]": 1, "[flaky]": 2})  # retries are tested above; keep this one quick
     out = tmp_path / "llm_pairs.jsonl"
     args = ["synth", str(corpus), "--method", "llm", "--base-url", fake_llm.url, "--llm-model", "fake"]
-    args += ["--api-key-env", "FAKE_LLM_KEY", "--round-trip-k", "1", "--out", str(out)]
+    args += ["--api-key-env", "FAKE_LLM_KEY", "--round-trip-k", "1", "--out", str(out), "--prompt", str(prompt)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["query"] for r in rows} == EXPECTED and {r["method"] for r in rows} == {"llm"}
+    assert {r["query"] for r in rows} == EXPECTED
+    assert (
+        fake_llm.prompts
+        and all(p.startswith('Ask 3 questions. Reply like {"questions"') for p in fake_llm.prompts)
+        and {r["method"] for r in rows} == {"llm"}
+    )
     monkeypatch.setenv("FAKE_LLM_KEY", "wrong")
     with pytest.raises(RagtuneError, match="401"):
         generate(load_documents(corpus), _settings(fake_llm.url), tmp_path / "other.raw.jsonl", progress=False)

@@ -147,7 +147,10 @@ class _Client:
         body = {
             "model": s.model,
             "temperature": s.temperature,
-            "messages": [{"role": "user", "content": s.prompt.format(passage=passage, n=s.questions)}],
+            # Plain replacement, not str.format: a template may show a JSON example with braces of its own.
+            "messages": [
+                {"role": "user", "content": s.prompt.replace("{passage}", passage).replace("{n}", str(s.questions))}
+            ],
         }
         error = ""
         for attempt in range(s.retries + 1):
