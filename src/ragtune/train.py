@@ -122,7 +122,7 @@ def add_lora(model, config: TrainConfig) -> None:
     try:
         from peft import LoraConfig, TaskType
     except ImportError as err:
-        raise RagtuneError("train.adapter: lora needs the peft package (pip install "ragtune[lora]" or pip install peft)") from err
+        raise RagtuneError("train.adapter: lora needs the peft package (pip install 'ragtune[lora]')") from err
     lora = LoraConfig(
         task_type=TaskType.FEATURE_EXTRACTION,
         r=config.lora_rank,
