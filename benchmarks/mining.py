@@ -121,7 +121,7 @@ def main() -> None:
             "--nprobe",
             str(args.nprobe),
         ]
-        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)  # progress on stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     result = {"rows": args.rows, "dim": args.dim, "strategy": args.strategy, **child("ragtune")}

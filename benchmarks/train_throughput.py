@@ -3,11 +3,13 @@
     python benchmarks/train_throughput.py --data runs/medquad/data --steps 12 \
         --output-json benchmarks/results/train_throughput.json
 
-Three child processes, one after another, each alone on the machine: (1) the float32 matmul peak (torch.mm of
-4096x4096, best of 5), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches), (3) `ragtune.train`.
+Child processes, one after another, each alone on the machine: (1) the float32 matmul peak (torch.mm of 4096x4096,
+best of 5), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches), (3) `ragtune.train`, (4) the
+same with `group_by_length`.
 Both trainers get the same model (all-MiniLM-L6-v2), data (query, positive, negative), batch size, sequence length
 and learning-rate schedule. Each training step is timed by a callback (evaluation and saving excluded) and the first
-2 steps are dropped as warm-up. Useful FLOPs count non-padding tokens only: per text 6 x (non-embedding parameters) x
+2 steps are dropped as warm-up. Useful FLOPs count the non-padding tokens of the texts each timed step encoded (a
+hook on the model counts them): per text 6 x (non-embedding parameters) x
 tokens for the linear layers plus 6 x layers x 2 x tokens^2 x width for attention (forward + backward = 3x forward),
 so padding a batch makes it slower without making it look busier.
 """
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 STEPS_SKIPPED = 2
+TRAINERS = ("plain", "ragtune", "ragtune-grouped")  # ragtune-grouped: train.group_by_length
 
 
 def matmul_peak() -> dict:
@@ -38,7 +41,7 @@ def matmul_peak() -> dict:
 
 
 class StepTimer:
-    """A TrainerCallback that sums the wall time of each optimizer step."""
+    """A TrainerCallback that times each optimizer step and counts the non-padding tokens the model saw in it."""
 
     def __new__(cls):
         from transformers import TrainerCallback
@@ -46,9 +49,19 @@ class StepTimer:
         class _Timer(TrainerCallback):
             def __init__(self):
                 self.times: list[float] = []
+                self.tokens: list[list[int]] = []  # per step: the non-padding length of every text encoded
                 self.start = 0.0
 
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                def count(module, args, kwargs):
+                    features = args[0] if args else kwargs.get("features", {})
+                    if module.training and "attention_mask" in features:
+                        self.tokens[-1].extend(features["attention_mask"].sum(dim=1).tolist())
+
+                model[0].register_forward_pre_hook(count, with_kwargs=True)  # the tokenized batch, per column
+
             def on_step_begin(self, args, state, control, **kw):
+                self.tokens.append([])
                 self.start = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
@@ -57,19 +70,12 @@ class StepTimer:
         return _Timer()
 
 
-def useful_gflop_per_row(model, ds, max_seq_length: int) -> float:
-    """Mean useful training FLOPs (GFLOP) of one (query, positive, negative) row, non-padding tokens only."""
-    tok = model.tokenizer
+def useful_gflop(model, lengths: list[int]) -> float:
+    """Useful training FLOPs (GFLOP) of encoding texts of these non-padding lengths, forward and backward."""
     cfg = model[0].auto_model.config
     embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     dense = sum(p.numel() for p in model.parameters()) - embed
-    total = 0.0
-    columns = [c for c in ("query", "positive", "negative") if c in ds.column_names]
-    for c in columns:
-        for text in ds[c]:
-            t = min(len(tok(text)["input_ids"]), max_seq_length)
-            total += 6 * dense * t + 6 * cfg.num_hidden_layers * 2 * t * t * cfg.hidden_size
-    return total / len(ds) / 1e9
+    return sum(6 * dense * t + 6 * cfg.num_hidden_layers * 2 * t * t * cfg.hidden_size for t in lengths) / 1e9
 
 
 def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dict:
@@ -111,19 +117,25 @@ def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dic
         from ragtune.config import TrainConfig
         from ragtune.train import train
 
-        config = TrainConfig(epochs=rows / len(ds), batch_size=batch, max_seq_length=seq, evals_per_epoch=1)
+        config = TrainConfig(
+            epochs=rows / len(ds),
+            batch_size=batch,
+            max_seq_length=seq,
+            evals_per_epoch=1,
+            group_by_length=which == "ragtune-grouped",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             train("default", data, Path(tmp), config, resume=False, callbacks=[timer])
         model = load_model("default", seq)
     times = timer.times[STEPS_SKIPPED:]
-    gflop_row = useful_gflop_per_row(model, ds, seq)
+    lengths = [t for step in timer.tokens[STEPS_SKIPPED : STEPS_SKIPPED + len(times)] for t in step]
     seconds = sum(times)
     return {
         "steps_timed": len(times),
         "seconds_per_step": round(seconds / len(times), 3),
         "samples_per_second": round(batch * len(times) / seconds, 2),
-        "useful_gflop_per_row": round(gflop_row, 2),
-        "useful_gflops": round(gflop_row * batch * len(times) / seconds, 1),
+        "useful_gflop_per_row": round(useful_gflop(model, lengths) / (batch * len(times)), 2),
+        "useful_gflops": round(useful_gflop(model, lengths) / seconds, 1),
     }
 
 
@@ -134,7 +146,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/train_throughput.json"))
-    parser.add_argument("--child", choices=["peak", "plain", "ragtune"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["peak", *TRAINERS], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "peak":
         print(json.dumps(matmul_peak()))
@@ -153,7 +165,7 @@ def main() -> None:
 
     peak = child("peak")
     result = {"settings": vars(args) | {"data": str(args.data), "output_json": str(args.output_json)}, "peak": peak}
-    for which in ("plain", "ragtune"):
+    for which in TRAINERS:
         r = child(which)
         r["share_of_peak"] = round(r["useful_gflops"] / peak["gflops"], 3)
         result[which] = r

@@ -5,7 +5,7 @@ from helpers import split_folder
 
 from ragtune.config import TrainConfig
 from ragtune.embeddings import load_model
-from ragtune.train import BEST_METRIC, train, training_arguments
+from ragtune.train import BEST_METRIC, LengthGroupedNoDuplicates, train, training_arguments
 
 
 def test_config_maps_onto_trainer_arguments(tmp_path):
@@ -121,3 +121,45 @@ def test_lora_adapter_round_trips_and_resumes(tiny_model, tmp_path):
     assert np.allclose(
         load_model(again.model_dir).encode(probe), SentenceTransformer(str(adapter)).encode(probe), atol=1e-5
     )
+
+
+def _padding(batches, data):
+    """Characters of padding if every column were padded to its longest text in the batch."""
+    total = 0
+    for batch in batches:
+        for column in data.column_names:
+            lengths = [len(data[column][i]) for i in batch]
+            total += sum(max(lengths) - n for n in lengths)
+    return total
+
+
+def test_length_grouped_batches_keep_every_row_once_without_repeats_and_pad_less():
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(500)]
+    queries = [" ".join(rng.choice(words, 3)) + f" q{i}" for i in range(1000)]
+    passages = [" ".join(rng.choice(words, int(rng.integers(2, 200)))) for _ in range(1000)]
+    passages[10:20] = [passages[5]] * 10  # one answer under 11 questions: never twice in a batch
+    data = Dataset.from_dict({"anchor": queries, "positive": passages})
+    sampler = LengthGroupedNoDuplicates(data, batch_size=16, drop_last=False, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    for batch in batches:
+        texts = [t for i in batch for t in (queries[i], passages[i])]
+        assert len(texts) == len(set(texts))
+    assert sum(len(b) == 16 for b in batches) >= len(batches) - 2 and len(batches) <= len(sampler) + 2
+    plain = list(NoDuplicatesBatchSampler(data, batch_size=16, drop_last=False, seed=3))
+    assert _padding(batches, data) < 0.5 * _padding(plain, data)
+    assert list(LengthGroupedNoDuplicates(data, batch_size=16, drop_last=False, seed=3)) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_training_with_length_grouped_batches(tiny_model, tmp_path):
+    data = split_folder(tmp_path, tiny_model)
+    cfg = TrainConfig(batch_size=16, learning_rate=1e-3, evals_per_epoch=1, group_by_length=True)
+    assert training_arguments(cfg, tmp_path, 32, True).batch_sampler is LengthGroupedNoDuplicates
+    result = train(str(tiny_model), data, tmp_path / "grouped", cfg)
+    assert result.steps == 2 and any("loss" in h for h in result.log_history)

@@ -319,6 +319,10 @@ def train_cmd(
     guide_model: Annotated[str | None, typer.Option(help="GISTEmbed guide model (filters false negatives).")] = None,
     adapter: Annotated[str | None, typer.Option(help="none or lora (PEFT adapter, merged into model/).")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="lora: adapter rank (default 16).")] = None,
+    group_by_length: Annotated[
+        bool | None,
+        typer.Option("--group-by-length/--no-group-by-length", help="Batches of similar lengths (less padding)."),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (GPUs).")] = None,
     report_to: Annotated[
         list[str] | None, typer.Option(help="Experiment tracker (tensorboard, mlflow); repeat for several.")
@@ -352,6 +356,7 @@ def train_cmd(
         guide_model=guide_model,
         adapter=adapter,
         lora_rank=lora_rank,
+        group_by_length=group_by_length,
         precision=precision,
         report_to=report_to,
     )

@@ -138,6 +138,9 @@ class TrainConfig(Settings):
     gather_across_devices: bool = Field(
         True, description="Several processes (torchrun): every rank's batch is a negative for every other's."
     )
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length (less padding), still without a repeated text per batch."
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision (bf16/fp16: GPUs).")
     torch_compile: bool = Field(False, description="torch.compile the model (GPUs; slow to start).")
     report_to: list[str] = Field([], description="Experiment trackers, e.g. [tensorboard] or [mlflow]; off by default.")

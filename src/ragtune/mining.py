@@ -3,7 +3,8 @@
 Strategies (`MiningConfig.strategy`):
 - `least-similar`: the classic recipe. Each row gets the passage least similar to its positive, unique across rows,
   assigned greedily in row order. Candidates come from a FAISS search with the negated vector (the k *least* similar),
-  so memory is O(N*k); rows whose k candidates are all taken are searched again, together, with a larger k.
+  so memory is O(N*k); rows whose k candidates are all taken get, together, lists of the least similar items
+  still free.
 - `hard`: passages the base model (or a cross-encoder, when given) ranks high for the query, from a rank window,
   minus anything that is a positive of that query or has the same normalised text as one, optionally minus
   candidates above a score margin or too close to a positive.
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, normalise
 from ragtune.embeddings import Encoder
 from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
 
-Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
 
 
 @dataclass
@@ -51,7 +53,6 @@ class MiningResult:
 
 
 _BLOCK_BYTES = 64 << 20  # memory for rows searched again, or given their full similarity row (see below)
-_MAX_WIDER_K = 4096  # beyond this, a full similarity row is cheaper than a wider top-k search
 
 
 def least_similar_assignment(
@@ -62,6 +63,7 @@ def least_similar_assignment(
     blocked: list[np.ndarray | None] | None = None,
     search: Search | None = None,
     approximate: bool = False,
+    candidates: np.ndarray | None = None,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
@@ -69,73 +71,113 @@ def least_similar_assignment(
     Returns (chosen corpus index per row, number of rows that had to reuse an item because none was left).
     Same result as the classic greedy walk over argsort(similarity_row) when `search` is exact (the default),
     without the N x N matrix: each row first tries its k least similar items (one search for all rows). A row
-    that finds them all taken gets its full similarity row and a masked argmin; every later row already in that
-    state is computed in the same matrix product, within a fixed memory budget, because the used set only grows.
-    With an `approximate` search, stuck rows are first searched again with 8x the k (cheaper than full rows when
-    the index scans only part of the corpus).
+    that finds them all taken gets the `_FREE_K` least similar items among those still free, computed in one matrix
+    product with every later row in (nearly) the same state, within a fixed memory budget: the used set only grows,
+    so the first free item of such a list is still the least similar free item when the walk reaches the row.
+    With an `approximate` search, stuck rows are first searched again in the index for free items only (cheaper
+    than a product with the whole corpus when the index scans only part of it); a row whose probed cells hold too
+    few free items it may take gets the exact list. `candidates`, when given, are the first search's result (each
+    row's k least similar corpus items, ascending), so several rounds search once.
     """
     n, m = len(corpus_vectors), len(row_vectors)
     if search is None:
         index = flat_index(corpus_vectors)
 
-        def search(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-            return search_chunked(index, q, kk)
+        def search(q: np.ndarray, kk: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            return search_chunked(index, q, kk, exclude)
 
     blocked = blocked or [None] * m
-    _, first = search(-row_vectors, min(k, n))
-    more: dict[int, np.ndarray] = {}  # rows searched again with a larger k
-    full: dict[int, np.ndarray] = {}  # rows given their similarity to every corpus item
+    first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
+    more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when computed
+    complete: set[int] = set()  # rows whose exact list holds every free item they may take
     used = np.zeros(n, dtype=bool)
     chosen: list[int] = []
     reused = 0
-    for i in range(m):
-        while i not in full:
-            candidates = more.get(i, first[i])
-            pick = _first_free(candidates, used, forbidden[i], blocked[i])
-            if pick is not None:
-                break
-            wider = len(candidates) * 8
-            if approximate and wider <= min(n, _MAX_WIDER_K):
-                rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (12 * wider))
-                more.update((r, ids.copy()) for r, ids in zip(rows, search(-row_vectors[rows], wider)[1], strict=True))
-            else:
-                rows = _stuck_rows(i, len(candidates), first, more, full, used, _BLOCK_BYTES // (4 * n))
-                full.update(
-                    (r, sims.copy()) for r, sims in zip(rows, row_vectors[rows] @ corpus_vectors.T, strict=True)
-                )
-        if i in full:
-            sims = full.pop(i)
-            sims[np.fromiter(forbidden[i], dtype=np.int64, count=len(forbidden[i]))] = np.inf
-            if blocked[i] is not None:
-                sims[blocked[i]] = np.inf
-            free = np.where(used, np.inf, sims)
-            pick = int(np.argmin(free))
-            if np.isinf(free[pick]):  # every item is taken: more rows than distinct passages
+    for i in tqdm(range(m), desc="least-similar walk", disable=m < 100_000, mininterval=10):
+        while (pick := _first_free(more.get(i, first[i]), used, forbidden[i], blocked[i])) is None:
+            if i in complete:  # every item is taken: more rows than distinct passages
                 reused += 1
-                pick = int(np.argmin(sims))
-                if np.isinf(sims[pick]):
-                    raise ValueError(f"row {i}: every passage is a positive of its query or held out")
+                pick = _least_similar_allowed(row_vectors[i], corpus_vectors, forbidden[i], blocked[i], i)
+                break
+            if approximate and (i not in more or _all_used(more[i], used, k)):
+                rows = _stuck_rows(i, first, more, used, _BLOCK_BYTES // (12 * k))
+                more.update(zip(rows, search(-row_vectors[rows], k, used)[1], strict=True))
+                complete.difference_update(rows)
+            else:
+                rows = _stuck_rows(i, first, more, used, _BLOCK_BYTES // (4 * max(1, n - int(used.sum()))))
+                lists = _free_least_similar(row_vectors[rows], corpus_vectors, used, forbidden, blocked, rows)
+                more.update(zip(rows, lists, strict=True))
+                complete.update(r for r, ids in zip(rows, lists, strict=True) if ids[-1] < 0)
         more.pop(i, None)
         used[pick] = True
         chosen.append(pick)
     return chosen, reused
 
 
-def _stuck_rows(i: int, size: int, first: np.ndarray, more: dict, full: dict, used: np.ndarray, limit: int) -> list:
-    """Row i plus later rows whose `size` candidates are all used already: they would each need the same help.
+def _all_used(ids: np.ndarray, used: np.ndarray, k: int) -> bool:
+    """A full list whose items were all taken by other rows (rather than unusable for this row): search again."""
+    valid = ids[ids >= 0]
+    return len(valid) == k and bool(used[valid].all())
 
-    Only rows within 4 x limit of i: a row far ahead would hold its result in memory until the walk reaches it, and
-    such rows pile up over the whole walk (each row's result is copied out, so it frees nothing else)."""
+
+_FREE_K = 64  # items kept per stuck row (see least_similar_assignment)
+
+
+def _stuck_rows(i: int, first: np.ndarray, more: dict, used: np.ndarray, limit: int) -> list[int]:
+    """Row i plus later rows whose candidates are all, or nearly all, used already: they would each need the same
+    help, and one matrix product for all of them costs about what one row's does (a single row is a memory-bound
+    matrix-vector product; at 20,000 rows, stuck rows handled one by one took longer than the first search).
+
+    Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget."""
     limit = max(1, limit)
-    horizon = i + 4 * limit
-    if size == first.shape[1]:
-        later = (i + np.flatnonzero(used[np.maximum(first[i:horizon], 0)].all(axis=1))).tolist()
-        later = [j for j in later if j not in more and j not in full]
-    else:
-        later = [
-            j for j, c in more.items() if i < j < horizon and j not in full and len(c) == size and used[c[c >= 0]].all()
-        ]
-    return [i] + [j for j in later if j != i][: max(0, limit - 1)]
+    stop = min(len(first), i + 4 * limit)
+    taken = used[np.maximum(first[i:stop], 0)].mean(axis=1)
+    for j, ids in more.items():
+        if i <= j < stop:
+            valid = ids[ids >= 0]
+            taken[j - i] = used[valid].mean() if len(valid) else 1.0
+    # "Nearly": at most an eighth still free. Such a row gets the same pick from either list (its first free
+    # candidate is the least similar free item either way), so including it early costs only its share of the product.
+    order = np.argsort(-taken, kind="stable")[: np.count_nonzero(taken >= 7 / 8)]
+    return [i] + [i + int(o) for o in order if o != 0][: limit - 1]
+
+
+def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows) -> list[np.ndarray]:
+    """For each of `rows`, its `_FREE_K` least similar corpus items that are free and allowed, ascending; -1 pads a
+    list when fewer are left. Only free items are multiplied: late in the walk, when most stuck rows occur, few are."""
+    import torch
+
+    free = np.flatnonzero(~used)
+    free_vectors = corpus_vectors[free]
+    lists = []
+    step = max(1, _BLOCK_BYTES // (4 * max(1, len(free))))
+    for start in range(0, len(rows), step):
+        sims = vectors[start : start + step] @ free_vectors.T
+        for position, r in enumerate(rows[start : start + step]):
+            if forbidden[r]:
+                f = np.fromiter(forbidden[r], dtype=np.int64, count=len(forbidden[r]))
+                at = np.minimum(np.searchsorted(free, f), len(free) - 1)
+                sims[position, at[free[at] == f]] = np.inf
+            if blocked[r] is not None:
+                sims[position, blocked[r][free]] = np.inf
+        scores, ids = torch.topk(torch.from_numpy(sims), min(_FREE_K, len(free)), dim=1, largest=False)
+        ids = free[ids.numpy()]
+        ids[torch.isinf(scores).numpy()] = -1
+        if ids.shape[1] < _FREE_K:  # fewer free items than a list holds: the list is complete
+            ids = np.concatenate([ids, np.full((len(ids), 1), -1, dtype=ids.dtype)], axis=1)
+        lists.extend(ids)
+    return lists
+
+
+def _least_similar_allowed(vector, corpus_vectors, forbidden: set[int], blocked, row: int) -> int:
+    sims = corpus_vectors @ vector
+    sims[list(forbidden)] = np.inf
+    if blocked is not None:
+        sims[blocked] = np.inf
+    pick = int(np.argmin(sims))
+    if np.isinf(sims[pick]):
+        raise ValueError(f"row {row}: every passage is a positive of its query or held out")
+    return pick
 
 
 def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int], blocked: np.ndarray | None):
@@ -168,10 +210,11 @@ def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np
         f"recall@{k}_vs_exact": round(recall_against_exact(index, corpus_vectors, probe, k), 4),
     }
 
-    def approximate(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-        # A wider search must scan more cells, or it can only return what the usual cells hold.
-        index.nprobe = min(index.nlist, max(config.nprobe, math.ceil(2 * kk * index.nlist / n)))
-        return search_chunked(index, q, kk)
+    def approximate(q: np.ndarray, kk: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        # A wider search (or one that skips most items) must scan more cells, or it finds too few.
+        share = 1.0 if exclude is None else max(1.0 - exclude.mean(), 1 / n)
+        index.nprobe = min(index.nlist, max(config.nprobe, math.ceil(2 * kk * index.nlist / (n * share))))
+        return search_chunked(index, q, kk, exclude)
 
     return approximate
 
@@ -247,15 +290,18 @@ def mine(
 
 
 def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, stats) -> None:
-    row_vectors = corpus_vectors[[guards.position[r.positive_id] for r in rows]]
+    items = np.array([guards.position[r.positive_id] for r in rows], dtype=np.int64)
+    row_vectors = corpus_vectors[items]
     search = candidate_search(corpus_vectors, config, -row_vectors, 64, stats)
+    approximate = stats["index"]["type"] == "ivf"
+    candidates = search(-row_vectors, 64)[1]  # once for every round
     corpus_ids = list(guards.position)
     blocked = [guards.blocked(r.query_id) for r in rows]
     for round_ in range(config.num_negatives):
         # Each round is one classic pass; earlier rounds' picks are forbidden so a row's negatives differ.
         forbidden = [guards.forbidden(r.query_id) | {guards.position[n] for n in r.negative_ids} for r in rows]
         chosen, reused = least_similar_assignment(
-            row_vectors, corpus_vectors, forbidden, 64, blocked, search, stats["index"]["type"] == "ivf"
+            row_vectors, corpus_vectors, forbidden, 64, blocked, search, approximate, candidates
         )
         for r, c in zip(rows, chosen, strict=True):
             r.negative_ids.append(corpus_ids[c])

@@ -26,14 +26,29 @@ def flat_index(vectors: np.ndarray):
     return index
 
 
-def search_chunked(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k, a chunk of queries at a time so scores never exceed chunk x k."""
+def search_chunked(
+    index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inner-product top-k, a chunk of queries at a time so scores never exceed chunk x k. `exclude`: a boolean
+    mask of items never returned (missing results are id -1)."""
+    import faiss
+
     k = min(k, index.ntotal)
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
+    params = None
+    if exclude is not None:
+        keep = np.packbits(~exclude, bitorder="little")  # must outlive the searches below
+        selector = faiss.IDSelectorBitmap(len(exclude), faiss.swig_ptr(keep))
+        ivf = hasattr(index, "nprobe")
+        params = (
+            faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+            if ivf
+            else faiss.SearchParameters(sel=selector)
+        )
     for start in range(0, len(queries), _SEARCH_CHUNK):
         chunk = np.ascontiguousarray(queries[start : start + _SEARCH_CHUNK], dtype=np.float32)
-        scores[start : start + len(chunk)], ids[start : start + len(chunk)] = index.search(chunk, k)
+        scores[start : start + len(chunk)], ids[start : start + len(chunk)] = index.search(chunk, k, params=params)
     return scores, ids
 
 

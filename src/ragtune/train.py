@@ -65,7 +65,8 @@ def _arguments(
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of total steps (transformers 5)
         weight_decay=config.weight_decay,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch would be a false negative
+        # A duplicate text in a batch would be a false negative, so both samplers keep them apart.
+        batch_sampler=LengthGroupedNoDuplicates if config.group_by_length else BatchSamplers.NO_DUPLICATES,
         eval_strategy=strategy,
         eval_steps=eval_steps,
         save_strategy="steps",
@@ -87,6 +88,68 @@ def _arguments(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
+
+
+class LengthGroupedNoDuplicates:
+    """No-duplicates batches of rows of similar length, so per-batch padding wastes less compute.
+
+    Written here because sentence-transformers has no length grouping, and transformers' `group_by_length` cannot
+    keep a repeated text out of a batch. Each epoch (seed + epoch) shuffles the rows, cuts them into mega-batches of
+    50 batches, sorts each by text length and fills batches greedily, skipping a row whose text is already in the
+    batch (it goes to the next one); then shuffles the batches, so lengths do not drift over the epoch. A batch
+    sampler for the trainer (called with the dataset and the trainer's batch arguments).
+    """
+
+    MEGA = 50
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None, seed=0):
+        import numpy as np
+
+        columns = [c for c in dataset.column_names if c not in (valid_label_columns or [])]
+        rows = list(zip(*(dataset[c] for c in columns), strict=True))
+        self.texts = [set(map(str, row)) for row in rows]
+        self.lengths = np.array([sum(len(str(t)) for t in row) for row in rows])
+        self.batch_size, self.drop_last, self.seed, self.epoch = batch_size, drop_last, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.texts)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        import numpy as np
+
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(len(self.texts))
+        batches: list[list[int]] = []
+        pending: list[int] = []
+        mega = self.batch_size * self.MEGA
+        for start in range(0, len(order), mega):
+            chunk = order[start : start + mega]
+            pending += chunk[np.argsort(-self.lengths[chunk], kind="stable")].tolist()
+            pending = self._fill(pending, batches, last=start + mega >= len(order))
+        if pending and not self.drop_last:
+            batches.append(pending)
+        rng.shuffle(batches)
+        yield from batches
+
+    def _fill(self, pending: list[int], batches: list[list[int]], last: bool) -> list[int]:
+        """Full batches from `pending`, in order; returns the rows of the last, incomplete batch (carried over)."""
+        while pending:
+            batch, seen, rest = [], set(), []
+            for row in pending:
+                if len(batch) < self.batch_size and self.texts[row].isdisjoint(seen):
+                    batch.append(row)
+                    seen |= self.texts[row]
+                else:
+                    rest.append(row)
+            if len(batch) < self.batch_size and (not last or not rest):
+                return batch + rest
+            batches.append(batch)
+            pending = rest
+        return []
 
 
 def build_loss(model, config: TrainConfig):
