@@ -154,7 +154,7 @@ def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows)
     for start in range(0, len(rows), step):
         sims = vectors[start : start + step] @ free_vectors.T
         for position, r in enumerate(rows[start : start + step]):
-            if forbidden[r]:
+            if forbidden[r] and len(free):
                 f = np.fromiter(forbidden[r], dtype=np.int64, count=len(forbidden[r]))
                 at = np.minimum(np.searchsorted(free, f), len(free) - 1)
                 sims[position, at[free[at] == f]] = np.inf
