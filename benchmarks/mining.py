@@ -9,8 +9,9 @@ starts and are in every process's RSS.
 `--baseline` is the classic recipe as written: the full similarity matrix, every row argsorted up front (N x N
 float32 + N x N int64: 4.8 GB at 20,000 rows, the figure the issue measured), then a greedy walk.
 `--lean-baseline` is the same N x N algorithm sorting one row at a time (only the float matrix is held).
-ragtune's miner uses exact FAISS search below `--ivf-threshold` rows and an IVF index above it; `--strategy hard`
-times hard mining (top-30 window, one negative) instead of least-similar.
+ragtune's miner uses exact FAISS search below `--ivf-threshold` rows and an IVF index above it (`--index exact|ivf`
+forces one); `--strategy hard` times hard mining (top-30 window, one negative) instead of least-similar. Modules are
+imported before the clock starts (in a pipeline torch and FAISS are loaded long before mining).
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ def lean_classic(v: np.ndarray) -> list[int]:
     return chosen
 
 
-def ragtune_miner(v: np.ndarray, strategy: str, ivf_threshold: int, nprobe: int, stats: dict) -> list[int]:
+def ragtune_miner(v: np.ndarray, strategy: str, index: str, ivf_threshold: int, nprobe: int, stats: dict) -> list[int]:
     from ragtune.config import MiningConfig
     from ragtune.mining import candidate_search, least_similar_assignment
 
-    config = MiningConfig(ivf_threshold=ivf_threshold, nprobe=nprobe)
+    config = MiningConfig(index=index, ivf_threshold=ivf_threshold, nprobe=nprobe)
     if strategy == "hard":  # queries = the passages themselves; the top 30 minus the row's own passage
         search = candidate_search(v, config, v, 30, stats)
         _, ids = search(v, 31)
@@ -78,8 +79,13 @@ def ragtune_miner(v: np.ndarray, strategy: str, ivf_threshold: int, nprobe: int,
     return chosen
 
 
-def measure(which: str, rows: int, dim: int, strategy: str, ivf_threshold: int, nprobe: int) -> dict:
+def measure(which: str, rows: int, dim: int, strategy: str, index: str, ivf_threshold: int, nprobe: int) -> dict:
     v = embeddings(rows, dim)
+    if which == "ragtune":
+        import faiss  # noqa: F401
+        import torch  # noqa: F401
+
+        import ragtune.mining  # noqa: F401
     stats: dict = {}
     start = time.perf_counter()
     if which == "baseline":
@@ -87,7 +93,7 @@ def measure(which: str, rows: int, dim: int, strategy: str, ivf_threshold: int, 
     elif which == "lean-baseline":
         chosen = lean_classic(v)
     else:
-        chosen = ragtune_miner(v, strategy, ivf_threshold, nprobe, stats)
+        chosen = ragtune_miner(v, strategy, index, ivf_threshold, nprobe, stats)
     seconds = time.perf_counter() - start
     if strategy == "least-similar":
         assert len(set(chosen)) == rows, "negatives are not unique"
@@ -102,13 +108,15 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the classic recipe (N x N, sorted up front)")
     parser.add_argument("--lean-baseline", action="store_true", help="also run N x N sorting one row at a time")
     parser.add_argument("--strategy", choices=["least-similar", "hard"], default="least-similar")
+    parser.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto", help="ragtune's search")
     parser.add_argument("--ivf-threshold", type=int, default=200_000, help="rows from which ragtune uses IVF")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query")
     parser.add_argument("--output-json", type=Path)
     parser.add_argument("--child", choices=["ragtune", "baseline", "lean-baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.rows, args.dim, args.strategy, args.ivf_threshold, args.nprobe)))
+        a = args
+        print(json.dumps(measure(a.child, a.rows, a.dim, a.strategy, a.index, a.ivf_threshold, a.nprobe)))
         return
 
     def child(which: str) -> dict:
@@ -116,6 +124,8 @@ def main() -> None:
         command += [
             "--strategy",
             args.strategy,
+            "--index",
+            args.index,
             "--ivf-threshold",
             str(args.ivf_threshold),
             "--nprobe",
@@ -124,7 +134,8 @@ def main() -> None:
         out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)  # progress on stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    result = {"rows": args.rows, "dim": args.dim, "strategy": args.strategy, **child("ragtune")}
+    result = {"rows": args.rows, "dim": args.dim, "strategy": args.strategy, "index_option": args.index}
+    result.update(child("ragtune"))
     if args.baseline:
         base = child("baseline")
         result.update(baseline_seconds=base["seconds"], baseline_peak_rss_mb=base["peak_rss_mb"])

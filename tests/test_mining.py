@@ -197,6 +197,26 @@ def test_ivf_index_recall_and_unique_least_similar():
     assert auto["index"] == {"type": "exact"}
 
 
+def test_ivf_search_widens_when_the_probed_cells_hold_no_free_items():
+    from ragtune.mining import candidate_search
+    from ragtune.search import flat_index, search_chunked
+
+    v = _clustered(3000, centres=20)
+    stats = {}
+    search = candidate_search(v, MiningConfig(index="ivf", nprobe=2), v, 10, stats)
+    probes = -v[np.argsort(-(v @ v[0]))[:40]]  # rows of one cluster, probing for their least similar items
+    # Used up: the items those probes reach first, so a search of the usual cells finds few or none free.
+    exclude = np.zeros(len(v), dtype=bool)
+    exclude[search_chunked(flat_index(v), probes, 300)[1].ravel()] = True
+    assert exclude.mean() < 0.5  # the corpus as a whole is still mostly free
+    scores, ids = search(probes, 10, exclude)
+    assert (ids >= 0).all() and not exclude[ids].any()
+    assert stats["index"]["widened_searches"] > 0
+    # What the walk takes is a row's first free item: nearly as far from the row as the exact search's.
+    exact, _ = search_chunked(flat_index(v), probes, 10, exclude)
+    assert scores[:, 0].mean() >= exact[:, 0].mean() - 0.03
+
+
 @pytest.fixture(scope="module")
 def tiny_cross_encoder(tmp_path_factory):
     """A 1-layer random BERT with one output label, saved as a cross-encoder folder."""

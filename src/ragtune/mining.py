@@ -213,8 +213,18 @@ def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np
     def approximate(q: np.ndarray, kk: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         # A wider search (or one that skips most items) must scan more cells, or it finds too few.
         share = 1.0 if exclude is None else max(1.0 - exclude.mean(), 1 / n)
-        index.nprobe = min(index.nlist, max(config.nprobe, math.ceil(2 * kk * index.nlist / (n * share))))
-        return search_chunked(index, q, kk, exclude)
+        nprobe = min(index.nlist, max(config.nprobe, math.ceil(2 * kk * index.nlist / (n * share))))
+        index.nprobe = nprobe
+        scores, ids = search_chunked(index, q, kk, exclude)
+        # The cells nearest a query can run out of free items long before the corpus does (the rows of one cluster
+        # all probe the same few cells): search those rows again over 4x the cells until their lists are full.
+        short = np.flatnonzero(ids[:, -1] < 0)
+        while len(short) and nprobe < index.nlist:
+            nprobe = index.nprobe = min(index.nlist, 4 * nprobe)
+            scores[short], ids[short] = search_chunked(index, q[short], kk, exclude)
+            short = short[ids[short, -1] < 0]
+            stats["index"]["widened_searches"] = stats["index"].get("widened_searches", 0) + 1
+        return scores, ids
 
     return approximate
 
