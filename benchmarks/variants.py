@@ -2,9 +2,13 @@
 
     python benchmarks/variants.py negatives --config examples/medquad.yaml --set train.max_seq_length=128
     python benchmarks/variants.py batch-size --config examples/medquad.yaml --set train.max_seq_length=128
+    python benchmarks/variants.py batching --config examples/medquad.yaml --set train.max_seq_length=128 \
+        --out-root runs/batch-size
 
 Presets: `negatives` varies the `mining` section (least-similar vs hard vs hard + guards); `batch-size` varies the
-effective batch of the loss (16 with MNRL; 64 and 256 with CachedMNRL in mini-batches of 16). Everything else (data,
+effective batch of the loss (16 with MNRL; 64 and 256 with CachedMNRL in mini-batches of 16); `batching` trains
+batch 16 with sentence-transformers' no-duplicates batches vs ragtune's length-grouped ones (`--out-root
+runs/batch-size` reuses batch-size's batch-16 run, which is the same run). Everything else (data,
 split, training settings; `--set key=value` changes all variants alike) is the same. The tuned models are compared on
 the same test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the base model).
 The variants share one embedding cache, so the base model encodes each text once. Results go to
@@ -33,6 +37,10 @@ PRESETS = {
         "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},
         "batch-64": {"train": {"loss": "cached-mnrl", "batch_size": 64, "mini_batch_size": 16}},
         "batch-256": {"train": {"loss": "cached-mnrl", "batch_size": 256, "mini_batch_size": 16}},
+    },
+    "batching": {
+        "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},
+        "batch-16-grouped": {"train": {"loss": "mnrl", "batch_size": 16, "group_by_length": True}},
     },
 }
 
