@@ -64,17 +64,18 @@ def lean_classic(v: np.ndarray) -> list[int]:
 
 def ragtune_miner(v: np.ndarray, strategy: str, index: str, ivf_threshold: int, nprobe: int, stats: dict) -> list[int]:
     from ragtune.config import MiningConfig
-    from ragtune.mining import candidate_search, least_similar_assignment
+    from ragtune.mining import candidate_search, least_similar_assignment, least_similar_k
 
     config = MiningConfig(index=index, ivf_threshold=ivf_threshold, nprobe=nprobe)
     if strategy == "hard":  # queries = the passages themselves; the top 30 minus the row's own passage
         search = candidate_search(v, config, v, 30, stats)
         _, ids = search(v, 31)
         return [next(int(c) for c in row if c != i and c >= 0) for i, row in enumerate(ids)]
-    search = candidate_search(v, config, -v, 64, stats)
+    k = least_similar_k(config, len(v))
+    search = candidate_search(v, config, -v, k, stats)
     approximate = stats["index"]["type"] == "ivf"
     chosen, stats["rows_reusing_a_negative"] = least_similar_assignment(
-        v, v, [{i} for i in range(len(v))], search=search, approximate=approximate
+        v, v, [{i} for i in range(len(v))], k=k, search=search, approximate=approximate
     )
     return chosen
 

@@ -8,13 +8,16 @@ from ragtune.data import LoadStats, PairData
 from ragtune.mining import least_similar_assignment, mine
 
 
-def classic_least_similar(vectors: np.ndarray) -> list[int]:
-    """The classic recipe, N x N: each row walks its ascending similarities to the first unused passage."""
+def classic_least_similar(vectors: np.ndarray, forbidden=None, blocked=None) -> list[int]:
+    """The classic recipe, N x N: each row walks its ascending similarities to the first unused passage (never
+    itself, nor one of its `forbidden` items or `blocked` mask)."""
     sim = vectors @ vectors.T
+    forbidden = forbidden or [{i} for i in range(len(vectors))]
+    blocked = blocked or [None] * len(vectors)
     used, chosen = set(), []
     for i in range(len(vectors)):
         for j in np.argsort(sim[i], kind="stable"):
-            if j != i and j not in used:
+            if j not in forbidden[i] and j not in used and (blocked[i] is None or not blocked[i][j]):
                 used.add(int(j))
                 chosen.append(int(j))
                 break
@@ -172,9 +175,13 @@ def test_blocked_items_are_skipped_by_least_similar():
     v = _vectors(60, seed=3)
     blocked = np.zeros(60, dtype=bool)
     blocked[::3] = True
-    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(60)], k=4, blocked=[blocked] * 30 + [None] * 30)
+    masks = [blocked] * 30 + [None] * 30
+    forbidden = [{i, (i + 7) % 60} for i in range(60)]
+    chosen, _ = least_similar_assignment(v, v, forbidden, k=4, blocked=masks)
     assert not any(blocked[c] for c in chosen[:30])
     assert len(set(chosen)) == 60
+    # Same picks as the N x N walk under the same rules; k=4 sends most rows to the refill search.
+    assert chosen == classic_least_similar(v, forbidden, masks)
 
 
 def test_ivf_index_recall_and_unique_least_similar():

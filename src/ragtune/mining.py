@@ -143,29 +143,23 @@ def _stuck_rows(i: int, first: np.ndarray, more: dict, used: np.ndarray, limit: 
 
 
 def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows) -> list[np.ndarray]:
-    """For each of `rows`, its `_FREE_K` least similar corpus items that are free and allowed, ascending; -1 pads a
-    list when fewer are left. Only free items are multiplied: late in the walk, when most stuck rows occur, few are."""
-    import torch
-
-    free = np.flatnonzero(~used)
-    free_vectors = corpus_vectors[free]
-    lists = []
-    step = max(1, _BLOCK_BYTES // (4 * max(1, len(free))))
-    for start in range(0, len(rows), step):
-        sims = vectors[start : start + step] @ free_vectors.T
-        for position, r in enumerate(rows[start : start + step]):
-            if forbidden[r] and len(free):
-                f = np.fromiter(forbidden[r], dtype=np.int64, count=len(forbidden[r]))
-                at = np.minimum(np.searchsorted(free, f), len(free) - 1)
-                sims[position, at[free[at] == f]] = np.inf
-            if blocked[r] is not None:
-                sims[position, blocked[r][free]] = np.inf
-        scores, ids = torch.topk(torch.from_numpy(sims), min(_FREE_K, len(free)), dim=1, largest=False)
-        ids = free[ids.numpy()]
-        ids[torch.isinf(scores).numpy()] = -1
-        if ids.shape[1] < _FREE_K:  # fewer free items than a list holds: the list is complete
-            ids = np.concatenate([ids, np.full((len(ids), 1), -1, dtype=ids.dtype)], axis=1)
-        lists.extend(ids)
+    """For each of `rows`, its `_FREE_K` least similar corpus items that are free, not blocked and not forbidden,
+    ascending (its forbidden items may be among them: the walk skips those); a list that holds every free item ends
+    in -1. Only free items are searched: late in the walk, when most stuck rows
+    occur, few are. FAISS's flat search keeps a heap per row, several times faster than a full top-k per row."""
+    lists: list[np.ndarray] = [np.empty(0)] * len(rows)
+    groups: dict[int, list[int]] = {}  # rows with one blocked mask (none, or the held-out passages) share a search
+    for position, r in enumerate(rows):
+        groups.setdefault(id(blocked[r]), []).append(position)
+    for positions in groups.values():
+        mask = blocked[rows[positions[0]]]
+        free = np.flatnonzero(~used if mask is None else ~(used | mask))
+        # Room for the row's forbidden items (the walk skips them) so every list still offers _FREE_K others.
+        k = min(len(free), _FREE_K + max(len(forbidden[rows[p]]) for p in positions))
+        ids = search_chunked(flat_index(corpus_vectors[free]), -vectors[positions], k)[1] if k else None
+        for at, p in enumerate(positions):
+            items = free[ids[at]] if k else free
+            lists[p] = np.append(items, -1) if k == len(free) else items  # -1: no free item is left beyond these
     return lists
 
 
@@ -191,10 +185,21 @@ def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int], b
     return None
 
 
+def exact_search(config: MiningConfig, n: int) -> bool:
+    return config.index == "exact" or (config.index == "auto" and n < config.ivf_threshold)
+
+
+def least_similar_k(config: MiningConfig, n: int) -> int:
+    """First-search candidates per row. Exact: 128, since a longer list costs little in FAISS's per-row heap and
+    spares most rows the refill search over all free items (at 20,000 rows the walk took 0.35 s instead of 0.6 s).
+    IVF: 64, since the scan width grows with k."""
+    return 128 if exact_search(config, n) else 64
+
+
 def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np.ndarray, k: int, stats) -> Search:
     """Exact FAISS search, or an IVF index above the size threshold; its recall on `probe` queries goes in stats."""
     n = len(corpus_vectors)
-    if config.index == "exact" or (config.index == "auto" and n < config.ivf_threshold):
+    if exact_search(config, n):
         stats["index"] = {"type": "exact"}
         index = flat_index(corpus_vectors)
 
@@ -302,16 +307,17 @@ def mine(
 def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, stats) -> None:
     items = np.array([guards.position[r.positive_id] for r in rows], dtype=np.int64)
     row_vectors = corpus_vectors[items]
-    search = candidate_search(corpus_vectors, config, -row_vectors, 64, stats)
+    k = least_similar_k(config, len(corpus_vectors))
+    search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
     approximate = stats["index"]["type"] == "ivf"
-    candidates = search(-row_vectors, 64)[1]  # once for every round
+    candidates = search(-row_vectors, k)[1]  # once for every round
     corpus_ids = list(guards.position)
     blocked = [guards.blocked(r.query_id) for r in rows]
     for round_ in range(config.num_negatives):
         # Each round is one classic pass; earlier rounds' picks are forbidden so a row's negatives differ.
         forbidden = [guards.forbidden(r.query_id) | {guards.position[n] for n in r.negative_ids} for r in rows]
         chosen, reused = least_similar_assignment(
-            row_vectors, corpus_vectors, forbidden, 64, blocked, search, approximate, candidates
+            row_vectors, corpus_vectors, forbidden, k, blocked, search, approximate, candidates
         )
         for r, c in zip(rows, chosen, strict=True):
             r.negative_ids.append(corpus_ids[c])
