@@ -3,9 +3,10 @@
     python benchmarks/train_throughput.py --data runs/medquad/data --steps 12 \
         --output-json benchmarks/results/train_throughput.json
 
-Child processes, one after another, each alone on the machine: (1) the float32 matmul peak (torch.mm of 4096x4096,
-best of 5), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches), (3) `ragtune.train`, (4) the
-same with `group_by_length`.
+Child processes, one after another, each alone on the machine: (1) the float32 and bfloat16 matmul peaks
+(torch.mm of 4096x4096, best of 6), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches),
+(3) `ragtune.train`, (4) the same with `group_by_length`; on request (`--trainers`) also torch.compile, and both
+trainers under bfloat16 autocast (`-bf16`, measured against the bfloat16 peak).
 Both trainers get the same model (all-MiniLM-L6-v2), data (query, positive, negative), batch size, sequence length
 and learning-rate schedule. Each training step is timed by a callback (evaluation and saving excluded) and the first
 2 steps are dropped as warm-up. Useful FLOPs count the non-padding tokens of the texts each timed step encoded (a
@@ -28,20 +29,26 @@ import time
 from pathlib import Path
 
 STEPS_SKIPPED = 2
-TRAINERS = ("plain", "ragtune", "ragtune-grouped", "ragtune-grouped-compiled")
-DEFAULT_TRAINERS = TRAINERS[:3]  # -grouped: train.group_by_length; -compiled: train.torch_compile as well
+TRAINERS = ("plain", "ragtune", "ragtune-grouped", "ragtune-grouped-compiled", "plain-bf16", "ragtune-bf16")
+# -grouped: train.group_by_length; -compiled: train.torch_compile as well; -bf16: bfloat16 autocast (train.precision)
+DEFAULT_TRAINERS = TRAINERS[:3]
 
 
 def matmul_peak() -> dict:
+    """float32 and bfloat16 torch.mm of 4096x4096, best of 6 each (bfloat16 runs on AMX tiles where the CPU has them,
+    so a bf16 trainer is measured against the bf16 peak)."""
     import torch
 
-    a = torch.randn(4096, 4096)
-    best = float("inf")
-    for _ in range(6):
-        start = time.perf_counter()
-        torch.mm(a, a)
-        best = min(best, time.perf_counter() - start)
-    return {"gflops": round(2 * 4096**3 / best / 1e9, 1), "threads": torch.get_num_threads()}
+    peaks = {}
+    for name, dtype in (("gflops", torch.float32), ("bf16_gflops", torch.bfloat16)):
+        a = torch.randn(4096, 4096).to(dtype)
+        best = float("inf")
+        for _ in range(6):
+            start = time.perf_counter()
+            torch.mm(a, a)
+            best = min(best, time.perf_counter() - start)
+        peaks[name] = round(2 * 4096**3 / best / 1e9, 1)
+    return peaks | {"threads": torch.get_num_threads()}
 
 
 class StepTimer:
@@ -94,7 +101,9 @@ def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dic
     ds = datasets.load_from_disk(str(data))["train"]
     rows = steps * batch
     timer = StepTimer()
-    if which == "plain":
+    bf16 = which.endswith("-bf16")
+    if which.startswith("plain"):
+        import torch
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
         from sentence_transformers.base.sampler import BatchSamplers
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -112,6 +121,8 @@ def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dic
                 save_strategy="no",
                 report_to="none",
                 seed=42,
+                bf16=bf16,
+                use_cpu=bf16 and not torch.cuda.is_available(),  # the trainer refuses bf16 on a CPU otherwise
             )
             trainer = SentenceTransformerTrainer(
                 model=model,
@@ -132,6 +143,7 @@ def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dic
             evals_per_epoch=1,
             group_by_length=which.startswith("ragtune-grouped"),
             torch_compile=which.endswith("-compiled"),
+            precision="bf16" if bf16 else "fp32",
         )
         with tempfile.TemporaryDirectory() as tmp:
             train("default", data, Path(tmp), config, resume=False, callbacks=[timer])
@@ -177,22 +189,26 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", which, "--data", str(args.data), "--steps", str(args.steps)]
         command += ["--batch-size", str(args.batch_size), "--max-seq-length", str(args.max_seq_length)]
         out = subprocess.run(command, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
+        if out.returncode != 0:  # keep the other trainers' measurements
+            print(f"{which} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     peak = child("peak")
     result = {"settings": vars(args) | {"data": str(args.data), "output_json": str(args.output_json)}, "peak": peak}
     for which in args.trainers:
-        r = child(which)
-        r["share_of_peak"] = round(r["useful_gflops"] / peak["gflops"], 3)
+        r = result[which] = child(which)
+        if "error" in r:
+            continue
+        r["peak_used"] = "bf16_gflops" if which.endswith("-bf16") else "gflops"
+        r["share_of_peak"] = round(r["useful_gflops"] / peak[r["peak_used"]], 3)
         for count in ("computed", "shortcut"):
-            r[f"{count}_share_of_peak"] = round(r[f"{count}_gflops"] / peak["gflops"], 3)
-        result[which] = r
-    if "plain" in result:
-        for which in args.trainers[1:] if args.trainers[0] == "plain" else args.trainers:
-            ratio = result[which]["samples_per_second"] / result["plain"]["samples_per_second"]
-            result[f"{which}_vs_plain"] = round(ratio, 3)
+            r[f"{count}_share_of_peak"] = round(r[f"{count}_gflops"] / peak[r["peak_used"]], 3)
+    for which in args.trainers:  # each trainer against the plain script in the same precision
+        plain = "plain-bf16" if which.endswith("-bf16") else "plain"
+        if which != plain and all("samples_per_second" in result.get(w, {}) for w in (plain, which)):
+            ratio = result[which]["samples_per_second"] / result[plain]["samples_per_second"]
+            result[f"{which}_vs_{plain}"] = round(ratio, 3)
     result.pop("child", None)
     result["settings"].pop("child", None)
     print(json.dumps(result, indent=2))

@@ -4,13 +4,16 @@
     python benchmarks/variants.py batch-size --config examples/medquad.yaml --set train.max_seq_length=128
     python benchmarks/variants.py batching --config examples/medquad.yaml --set train.max_seq_length=128 \
         --out-root runs/batch-size
+    python benchmarks/variants.py precision --config examples/medquad.yaml --set train.max_seq_length=128
 
 Presets: `negatives` varies the `mining` section (least-similar vs hard vs hard + guards); `batch-size` varies the
 effective batch of the loss (16 with MNRL; 64 and 256 with CachedMNRL in mini-batches of 16); `batching` trains
 batch 16 with sentence-transformers' no-duplicates batches vs ragtune's length-grouped ones (`--out-root
-runs/batch-size` reuses batch-size's batch-16 run, which is the same run). Everything else (data,
-split, training settings; `--set key=value` changes all variants alike) is the same. The tuned models are compared on
-the same test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the base model).
+runs/batch-size` reuses batch-size's batch-16 run, which is the same run); `precision` trains in float32 vs under
+bfloat16 autocast (`train.precision`; on a CPU with AMX the bf16 matrix products run on its tiles). Everything
+else (data, split, training settings; `--set key=value` changes all variants alike) is the same. The tuned models
+are compared on the same test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the
+base model).
 The variants share one embedding cache, so the base model encodes each text once. Results go to
 benchmarks/results/<preset>.json.
 """
@@ -37,6 +40,10 @@ PRESETS = {
         "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},
         "batch-64": {"train": {"loss": "cached-mnrl", "batch_size": 64, "mini_batch_size": 16}},
         "batch-256": {"train": {"loss": "cached-mnrl", "batch_size": 256, "mini_batch_size": 16}},
+    },
+    "precision": {
+        "fp32": {"train": {"precision": "fp32"}},
+        "bf16": {"train": {"precision": "bf16"}},
     },
     "batching": {
         "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},
@@ -90,8 +97,10 @@ def main() -> None:
         command = [sys.executable, "-m", "ragtune", "run", str(config_file), "--allow-regression"]
         subprocess.run(command, check=True)
         mined = json.loads((out / "mined" / "stats.json").read_text())["stats"]
+        log = json.loads((out / "model" / "training_log.json").read_text())
         runs[name] = {
             "wall_seconds": round(time.perf_counter() - start, 1),
+            "train_seconds": next((h["train_runtime"] for h in log if "train_runtime" in h), None),
             "mining": {k: mined.get(k) for k in ("candidates_removed", "mean_query_negative_cosine")},
             "mean_query_positive_cosine": mined.get("mean_query_positive_cosine"),
         }

@@ -79,9 +79,11 @@ def test_loss_choices_and_argument_mapping(tiny_model, tmp_path):
     assert args.report_to == ["tensorboard"] and args.torch_compile and not args.bf16
     import torch
 
-    if not torch.cuda.is_available():  # on CPU, bf16 is refused with a message naming the setting
-        with pytest.raises(RagtuneError, match="precision=bf16"):
-            training_arguments(TrainConfig(precision="bf16"), tmp_path, 80, True)
+    if not torch.cuda.is_available():  # on CPU: bf16 autocast runs, fp16 is refused with a message naming the setting
+        bf16 = training_arguments(TrainConfig(precision="bf16"), tmp_path, 80, True)
+        assert bf16.bf16 and bf16.use_cpu and not training_arguments(TrainConfig(), tmp_path, 80, True).use_cpu
+        with pytest.raises(RagtuneError, match="precision=fp16"):
+            training_arguments(TrainConfig(precision="fp16"), tmp_path, 80, True)
     assert training_arguments(TrainConfig(), tmp_path, 80, True).report_to in ([], "none", ["none"])
 
 
@@ -163,3 +165,17 @@ def test_training_with_length_grouped_batches(tiny_model, tmp_path):
     assert training_arguments(cfg, tmp_path, 32, True).batch_sampler is LengthGroupedNoDuplicates
     result = train(str(tiny_model), data, tmp_path / "grouped", cfg)
     assert result.steps == 2 and any("loss" in h for h in result.log_history)
+
+
+def test_bf16_training_runs_and_saves_float32_weights(tiny_model, tmp_path):
+    import torch
+
+    data = split_folder(tmp_path, tiny_model)
+    probe = ["what does the heart do?"]
+    before = load_model(tiny_model).encode(probe)
+    cfg = TrainConfig(batch_size=16, learning_rate=1e-3, evals_per_epoch=1, precision="bf16")
+    result = train(str(tiny_model), data, tmp_path / "bf16", cfg)
+    assert result.steps == 2 and all(np.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
+    tuned = load_model(result.model_dir)
+    assert all(p.dtype == torch.float32 for p in tuned.parameters())  # autocast: the master weights stay float32
+    assert not np.allclose(before, tuned.encode(probe), atol=1e-4)

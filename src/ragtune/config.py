@@ -141,7 +141,9 @@ class TrainConfig(Settings):
     group_by_length: bool = Field(
         False, description="Batch rows of similar length (less padding), still without a repeated text per batch."
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision (bf16/fp16: GPUs).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision: bf16 (GPUs; CPUs via autocast, fast with AMX), fp16 (CUDA GPUs)."
+    )
     torch_compile: bool = Field(False, description="torch.compile the model (GPUs; slow to start).")
     report_to: list[str] = Field([], description="Experiment trackers, e.g. [tensorboard] or [mlflow]; off by default.")
     seed: int = 42

@@ -45,6 +45,11 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
     steps_per_epoch = max(1, math.ceil(train_rows / (config.batch_size * world_size())))
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     strategy = "steps" if has_validation else "no"
+    if config.precision == "fp16" and not _has_cuda():
+        raise RagtuneError(
+            "train settings (precision=fp16): fp16 needs a CUDA GPU; on a CPU use precision: bf16 "
+            "(autocast, fast on CPUs with AMX or AVX512-BF16)"
+        )
     try:
         return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation)
     except ValueError as err:  # e.g. bf16 on a machine without a GPU that supports it
@@ -82,8 +87,9 @@ def _arguments(
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
         torch_compile=config.torch_compile,
-        # Several CPU processes: accelerate only treats them as one job (MULTI_CPU, gloo) when told they are CPU.
-        use_cpu=world_size() > 1 and not _has_cuda(),
+        # Several CPU processes: accelerate only treats them as one job (MULTI_CPU, gloo) when told they are CPU;
+        # bf16 autocast on a CPU is refused unless the trainer is told it runs on the CPU.
+        use_cpu=not _has_cuda() and (world_size() > 1 or config.precision == "bf16"),
         ddp_backend="gloo" if world_size() > 1 and not _has_cuda() else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
