@@ -5,7 +5,7 @@ from helpers import split_folder
 
 from ragtune.config import TrainConfig
 from ragtune.embeddings import load_model
-from ragtune.train import BEST_METRIC, LengthGroupedNoDuplicates, train, training_arguments
+from ragtune.train import BEST_METRIC, LengthGroupedNoDuplicates, last_checkpoint, train, training_arguments
 
 
 def test_config_maps_onto_trainer_arguments(tmp_path):
@@ -179,3 +179,18 @@ def test_bf16_training_runs_and_saves_float32_weights(tiny_model, tmp_path):
     tuned = load_model(result.model_dir)
     assert all(p.dtype == torch.float32 for p in tuned.parameters())  # autocast: the master weights stay float32
     assert not np.allclose(before, tuned.encode(probe), atol=1e-4)
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
+    import pytest
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, state in [(10, "{}"), (20, '{"global_step": 20}'), (30, None), (40, '{"global_st')]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if state is not None:  # 30: killed before the state was written; 40: killed while writing it
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-latest").mkdir()
+    with pytest.warns(UserWarning, match="cut off while being saved"):
+        assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")

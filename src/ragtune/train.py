@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,9 +270,23 @@ def _training_columns(ds, use_negatives: bool):
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    """The newest checkpoint the trainer finished writing. It writes trainer_state.json last, so a folder without a
+    readable one was cut off mid-save (a crash or kill while saving) and is skipped with a warning; transformers'
+    `get_last_checkpoint` would pick it by its number alone and the resume would fail."""
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = []
+    for folder in checkpoint_dir.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if not (step.isdigit() and folder.is_dir()):
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            warnings.warn(f"{folder}: cut off while being saved; resuming from an earlier checkpoint", stacklevel=2)
+            continue
+        complete.append((int(step), folder))
+    return str(max(complete)[1]) if complete else None
 
 
 def train(
