@@ -49,7 +49,7 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
     if config.precision == "fp16" and not _has_cuda():
         raise RagtuneError(
             "train settings (precision=fp16): fp16 needs a CUDA GPU; on a CPU use precision: bf16 "
-            "(autocast, fast on CPUs with AMX or AVX512-BF16)"
+            "(autocast; fast on CPUs with AMX)"
         )
     try:
         return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation)
