@@ -6,7 +6,8 @@
 Child processes, one after another, each alone on the machine: (1) the float32 and bfloat16 matmul peaks
 (torch.mm of 4096x4096, best of 6), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches),
 (3) `ragtune.train`, (4) the same with `group_by_length`; on request (`--trainers`) also torch.compile, and both
-trainers under bfloat16 autocast (`-bf16`, measured against the bfloat16 peak).
+trainers under bfloat16 autocast (`-bf16`, measured against the bfloat16 peak). `--repeats R` runs R rounds of all
+trainers and reports each trainer's median run, every round's samples/s and the per-round ratios to plain.
 Both trainers get the same model (all-MiniLM-L6-v2), data (query, positive, negative), batch size, sequence length
 and learning-rate schedule. Each training step is timed by a callback (evaluation and saving excluded) and the first
 2 steps are dropped as warm-up. Useful FLOPs count the non-padding tokens of the texts each timed step encoded (a
@@ -176,6 +177,9 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--output-json", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(DEFAULT_TRAINERS))
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of all trainers (order reversed every other round); medians"
+    )
     parser.add_argument("--child", choices=["peak", *TRAINERS], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "peak":
@@ -196,10 +200,18 @@ def main() -> None:
 
     peak = child("peak")
     result = {"settings": vars(args) | {"data": str(args.data), "output_json": str(args.output_json)}, "peak": peak}
-    for which in args.trainers:
-        r = result[which] = child(which)
-        if "error" in r:
+    runs: dict[str, list[dict]] = {which: [] for which in args.trainers}
+    for round_ in range(args.repeats):  # reversed every other round, so no trainer always runs first
+        for which in args.trainers if round_ % 2 == 0 else args.trainers[::-1]:
+            runs[which].append(child(which))
+    for which, measured in runs.items():
+        ok = sorted((r for r in measured if "error" not in r), key=lambda r: r["samples_per_second"])
+        if not ok:
+            result[which] = measured[0]
             continue
+        r = result[which] = dict(ok[(len(ok) - 1) // 2])  # the median run (the lower middle one of an even count)
+        if args.repeats > 1:
+            r["samples_per_second_each_round"] = [m.get("samples_per_second") for m in measured]
         r["peak_used"] = "bf16_gflops" if which.endswith("-bf16") else "gflops"
         r["share_of_peak"] = round(r["useful_gflops"] / peak[r["peak_used"]], 3)
         for count in ("computed", "shortcut"):
@@ -209,6 +221,10 @@ def main() -> None:
         if which != plain and all("samples_per_second" in result.get(w, {}) for w in (plain, which)):
             ratio = result[which]["samples_per_second"] / result[plain]["samples_per_second"]
             result[f"{which}_vs_{plain}"] = round(ratio, 3)
+            if args.repeats > 1:  # paired by round: the two ran back to back
+                pairs = zip(runs[which], runs[plain], strict=True)
+                each = [a["samples_per_second"] / b["samples_per_second"] for a, b in pairs if "error" not in a | b]
+                result[f"{which}_vs_{plain}_each_round"] = [round(x, 3) for x in each]
     result.pop("child", None)
     result["settings"].pop("child", None)
     print(json.dumps(result, indent=2))
