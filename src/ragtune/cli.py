@@ -323,7 +323,7 @@ def train_cmd(
         bool | None,
         typer.Option("--group-by-length/--no-group-by-length", help="Batches of similar lengths (less padding)."),
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (GPUs).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 (GPUs; CPUs with AMX) or fp16 (CUDA).")] = None,
     report_to: Annotated[
         list[str] | None, typer.Option(help="Experiment tracker (tensorboard, mlflow); repeat for several.")
     ] = None,
