@@ -52,7 +52,9 @@ class MiningResult:
     stats: dict[str, Any]
 
 
-_BLOCK_BYTES = 64 << 20  # memory for rows searched again, or given their full similarity row (see below)
+# How many stuck rows are searched together: IVF re-searches hold rows x k results; exact refills scan rows x free
+# items, so fewer rows go ahead of the walk while many items are free (their lists would go stale before use).
+_BLOCK_BYTES = 64 << 20
 
 
 def least_similar_assignment(
