@@ -223,7 +223,8 @@ def main() -> None:
             result[f"{which}_vs_{plain}"] = round(ratio, 3)
             if args.repeats > 1:  # paired by round: the two ran back to back
                 pairs = zip(runs[which], runs[plain], strict=True)
-                each = [a["samples_per_second"] / b["samples_per_second"] for a, b in pairs if "error" not in a | b]
+                ok_pairs = [(a, b) for a, b in pairs if "error" not in a and "error" not in b]
+                each = [a["samples_per_second"] / b["samples_per_second"] for a, b in ok_pairs]
                 result[f"{which}_vs_{plain}_each_round"] = [round(x, 3) for x in each]
     result.pop("child", None)
     result["settings"].pop("child", None)

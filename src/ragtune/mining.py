@@ -145,9 +145,9 @@ def _stuck_rows(i: int, first: np.ndarray, more: dict, used: np.ndarray, limit: 
 
 
 def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows) -> list[np.ndarray]:
-    """For each of `rows`, its `_FREE_K` least similar corpus items that are free, not blocked and not forbidden,
-    ascending (its forbidden items may be among them: the walk skips those); a list that holds every free item ends
-    in -1. Only free items are searched: late in the walk, when most stuck rows occur, few are. FAISS's flat search
+    """For each of `rows`, its least similar corpus items that are free and not blocked for it, ascending: at least
+    `_FREE_K` besides its forbidden items (kept in the list; the walk skips them). A list that holds every such item
+    ends in -1. Only free items are searched: late in the walk, when most stuck rows occur, few are. FAISS's flat search
     keeps a heap per row: at 20,000 rows it took half the time of a matrix product followed by torch.topk."""
     lists: list[np.ndarray] = [np.empty(0)] * len(rows)
     groups: dict[int, list[int]] = {}  # rows with one blocked mask (none, or the held-out passages) share a search
@@ -187,7 +187,8 @@ def _first_free(candidates: np.ndarray, used: np.ndarray, forbidden: set[int], b
     return None
 
 
-def exact_search(config: MiningConfig, n: int) -> bool:
+def uses_exact_search(config: MiningConfig, n: int) -> bool:
+    """Whether `candidate_search` is exact for a corpus of n passages (else IVF)."""
     return config.index == "exact" or (config.index == "auto" and n < config.ivf_threshold)
 
 
@@ -195,13 +196,13 @@ def least_similar_k(config: MiningConfig, n: int) -> int:
     """First-search candidates per row. Exact: 128, since a longer list costs little in FAISS's per-row heap and
     spares most rows the refill search over all free items (at 20,000 rows the walk took ~0.3 s instead of ~0.5 s).
     IVF: 64, since the scan width grows with k."""
-    return 128 if exact_search(config, n) else 64
+    return 128 if uses_exact_search(config, n) else 64
 
 
 def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np.ndarray, k: int, stats) -> Search:
     """Exact FAISS search, or an IVF index above the size threshold; its recall on `probe` queries goes in stats."""
     n = len(corpus_vectors)
-    if exact_search(config, n):
+    if uses_exact_search(config, n):
         stats["index"] = {"type": "exact"}
         index = flat_index(corpus_vectors)
 

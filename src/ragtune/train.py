@@ -53,7 +53,7 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
         )
     try:
         return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation)
-    except ValueError as err:  # e.g. bf16 on a machine without a GPU that supports it
+    except ValueError as err:  # e.g. bf16 on a GPU without bfloat16 support
         raise RagtuneError(f"train settings (precision={config.precision}): {err}") from err
 
 
