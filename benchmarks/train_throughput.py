@@ -5,18 +5,19 @@
 
 Child processes, one after another, each alone on the machine: (1) the float32 and bfloat16 matmul peaks
 (torch.mm of 4096x4096, best of 6), (2) a plain SentenceTransformerTrainer script (MNRL, no-duplicates batches),
-(3) `ragtune.train`, (4) the same with `group_by_length`; on request (`--trainers`) also torch.compile, and both
-trainers under bfloat16 autocast (`-bf16`, measured against the bfloat16 peak). `--repeats R` runs R rounds of all
-trainers and reports each trainer's median run, every round's samples/s and the per-round ratios to plain.
-Both trainers get the same model (all-MiniLM-L6-v2), data (query, positive, negative), batch size, sequence length
-and learning-rate schedule. Each training step is timed by a callback (evaluation and saving excluded) and the first
-2 steps are dropped as warm-up. Useful FLOPs count the non-padding tokens of the texts each timed step encoded (a
-hook on the model counts them): per text 6 x (non-embedding parameters) x
-tokens for the linear layers plus 6 x layers x 2 x tokens^2 x width for attention (forward + backward = 3x forward),
-so padding a batch makes it slower without making it look busier. `computed_gflops` counts the padded lengths
-instead: how fast the kernels ran, whatever the batches' padding (the two trainers draw different batches);
-`shortcut_gflops` is the common shortcut 6 x all parameters x padded tokens, which counts the embedding lookup as if
-it were a matrix product.
+(3) `ragtune.train` with its defaults (no attention dropout: the plain script keeps the model's 0.1), (4) the same
+with the model's attention dropout (the plain script's work exactly), (5) with `group_by_length`; on request
+(`--trainers`) also torch.compile, and both trainers under bfloat16 autocast (`-bf16`, measured against the
+bfloat16 peak). `--repeats R` runs R rounds of all trainers and reports each trainer's median run, every round's
+samples/s and the per-round ratios to plain. All trainers get the same model (all-MiniLM-L6-v2), data (query,
+positive, negative), batch size, sequence length and learning-rate schedule. Each training step is timed by a
+callback (evaluation and saving excluded) and the first 2 steps are dropped as warm-up. Useful FLOPs count the
+non-padding tokens of the texts each timed step encoded (a hook on the model counts them): per text 6 x
+(non-embedding parameters) x tokens for the linear layers plus 6 x layers x 2 x tokens^2 x width for attention
+(forward + backward = 3x forward), so padding a batch makes it slower without making it look busier.
+`computed_gflops` counts the padded lengths instead: how fast the kernels ran, whatever the batches' padding (the
+trainers draw different batches); `shortcut_gflops` is the common shortcut 6 x all parameters x padded tokens, which
+counts the embedding lookup as if it were a matrix product.
 """
 
 from __future__ import annotations
@@ -30,9 +31,18 @@ import time
 from pathlib import Path
 
 STEPS_SKIPPED = 2
-TRAINERS = ("plain", "ragtune", "ragtune-grouped", "ragtune-grouped-compiled", "plain-bf16", "ragtune-bf16")
+TRAINERS = (
+    "plain",
+    "ragtune",
+    "ragtune-attn-dropout",
+    "ragtune-grouped",
+    "ragtune-grouped-compiled",
+    "plain-bf16",
+    "ragtune-bf16",
+)
+# -attn-dropout: train.attention_dropout: model (the model's 0.1, as the plain script trains: the same work);
 # -grouped: train.group_by_length; -compiled: train.torch_compile as well; -bf16: bfloat16 autocast (train.precision)
-DEFAULT_TRAINERS = TRAINERS[:3]
+DEFAULT_TRAINERS = TRAINERS[:4]
 
 
 def matmul_peak() -> dict:
@@ -145,6 +155,7 @@ def run_trainer(which: str, data: Path, steps: int, batch: int, seq: int) -> dic
             group_by_length=which.startswith("ragtune-grouped"),
             torch_compile=which.endswith("-compiled"),
             precision="bf16" if bf16 else "fp32",
+            attention_dropout="model" if which == "ragtune-attn-dropout" else 0.0,
         )
         with tempfile.TemporaryDirectory() as tmp:
             train("default", data, Path(tmp), config, resume=False, callbacks=[timer])

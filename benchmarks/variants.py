@@ -5,12 +5,15 @@
     python benchmarks/variants.py batching --config examples/medquad.yaml --set train.max_seq_length=128 \
         --out-root runs/batch-size
     python benchmarks/variants.py precision --config examples/medquad.yaml --set train.max_seq_length=128
+    python benchmarks/variants.py attention-dropout --config examples/medquad.yaml --set train.max_seq_length=128
 
 Presets: `negatives` varies the `mining` section (least-similar vs hard vs hard + guards); `batch-size` varies the
 effective batch of the loss (16 with MNRL; 64 and 256 with CachedMNRL in mini-batches of 16); `batching` trains
 batch 16 with sentence-transformers' no-duplicates batches vs ragtune's length-grouped ones (`--out-root
 runs/batch-size` reuses batch-size's batch-16 run, which is the same run); `precision` trains in float32 vs under
-bfloat16 autocast (`train.precision`; on a CPU with AMX the bf16 matrix products run on its tiles). Everything
+bfloat16 autocast (`train.precision`; on a CPU with AMX the bf16 matrix products run on its tiles);
+`attention-dropout` trains with the model's own attention dropout (0.1 for all-MiniLM-L6-v2) vs none
+(`train.attention_dropout`, ragtune's default). Everything
 else (data, split, training settings; `--set key=value` changes all variants alike) is the same. The tuned models
 are compared on the same test queries over the full corpus with `ragtune compare` (95% CIs, paired tests against the
 base model).
@@ -44,6 +47,10 @@ PRESETS = {
     "precision": {
         "fp32": {"train": {"precision": "fp32"}},
         "bf16": {"train": {"precision": "bf16"}},
+    },
+    "attention-dropout": {
+        "model-0.1": {"train": {"attention_dropout": "model"}},
+        "off": {"train": {"attention_dropout": 0.0}},
     },
     "batching": {
         "batch-16": {"train": {"loss": "mnrl", "batch_size": 16}},

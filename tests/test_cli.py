@@ -186,6 +186,8 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [{"query": "q", "passage": "p"}])
     result = _cli("evaluate", "--model", tmp_path / "missing", "--data", good)
     assert result.returncode == 2 and "model folder not found" in result.stderr
+    result = _cli("train", "--data", tmp_path, "--out", tmp_path / "t", "--attention-dropout", "lots")
+    assert result.returncode == 2 and "attention_dropout" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_compare_identical_models_is_not_significant(tiny_model, tmp_path):

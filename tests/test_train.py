@@ -167,6 +167,26 @@ def test_training_with_length_grouped_batches(tiny_model, tmp_path):
     assert result.steps == 2 and any("loss" in h for h in result.log_history)
 
 
+def test_attention_dropout_is_off_while_training_and_the_saved_config_keeps_the_models(tiny_model, tmp_path):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            layer = model[0].auto_model.encoder.layer[0]
+            seen["attention"], seen["hidden"] = layer.attention.self.dropout.p, layer.output.dropout.p
+
+    data = split_folder(tmp_path, tiny_model)
+    base_config = json.loads((tiny_model / "config.json").read_text())
+    for setting, expected in ((0.0, 0.0), ("model", base_config["attention_probs_dropout_prob"]), (0.25, 0.25)):
+        cfg = TrainConfig(batch_size=16, evals_per_epoch=1, attention_dropout=setting)
+        result = train(str(tiny_model), data, tmp_path / str(setting), cfg, callbacks=[Probe()])
+        assert seen == {"attention": expected, "hidden": base_config["hidden_dropout_prob"]}
+        saved = json.loads((result.model_dir / "config.json").read_text())
+        assert saved["attention_probs_dropout_prob"] == base_config["attention_probs_dropout_prob"] == 0.1
+
+
 def test_bf16_training_runs_and_saves_float32_weights(tiny_model, tmp_path):
     import torch
 

@@ -324,6 +324,9 @@ def train_cmd(
         typer.Option("--group-by-length/--no-group-by-length", help="Batches of similar lengths (less padding)."),
     ] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 (GPUs; CPUs with AMX) or fp16 (CUDA).")] = None,
+    attention_dropout: Annotated[
+        str | None, typer.Option(help="Attention dropout while training: a rate (default 0) or 'model' (its own).")
+    ] = None,
     report_to: Annotated[
         list[str] | None, typer.Option(help="Experiment tracker (tensorboard, mlflow); repeat for several.")
     ] = None,
@@ -358,6 +361,7 @@ def train_cmd(
         lora_rank=lora_rank,
         group_by_length=group_by_length,
         precision=precision,
+        attention_dropout=attention_dropout,
         report_to=report_to,
     )
     result = train(_base_model(model, config), data, out, settings, resume=resume)

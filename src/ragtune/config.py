@@ -144,6 +144,11 @@ class TrainConfig(Settings):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Mixed precision: bf16 (GPUs; CPUs via autocast, fast with AMX), fp16 (CUDA GPUs)."
     )
+    attention_dropout: float | Literal["model"] = Field(
+        0.0,
+        description="Dropout on attention probabilities while training; 'model' keeps the model's own (often 0.1). "
+        "Off, CPUs train 1.6x faster (fused attention, no random masks) at equal accuracy (README).",
+    )
     torch_compile: bool = Field(False, description="torch.compile the model (GPUs; slow to start).")
     report_to: list[str] = Field([], description="Experiment trackers, e.g. [tensorboard] or [mlflow]; off by default.")
     seed: int = 42
@@ -152,6 +157,8 @@ class TrainConfig(Settings):
     def _dims(self) -> TrainConfig:
         if self.matryoshka_dims and sorted(self.matryoshka_dims, reverse=True) != self.matryoshka_dims:
             raise ValueError(f"matryoshka_dims must be in decreasing order, got {self.matryoshka_dims}")
+        if self.attention_dropout != "model" and not 0 <= self.attention_dropout < 1:
+            raise ValueError(f"attention_dropout must be 'model' or in [0, 1), got {self.attention_dropout}")
         return self
 
 

@@ -42,8 +42,16 @@ def resolve_model(name: str | Path) -> str:
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def load_model(name: str | Path, max_seq_length: int | None = None, device: str | None = None, backend: str = "torch"):
-    """A SentenceTransformer, or with an ONNX backend an `export.OnnxModel` that encodes the same way."""
+def load_model(
+    name: str | Path,
+    max_seq_length: int | None = None,
+    device: str | None = None,
+    backend: str = "torch",
+    config_kwargs: dict | None = None,
+):
+    """A SentenceTransformer, or with an ONNX backend an `export.OnnxModel` that encodes the same way.
+
+    `config_kwargs` override values of the transformer's config before it is built (torch backend)."""
     if backend != "torch":
         if backend not in BACKENDS:
             raise RagtuneError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -59,7 +67,7 @@ def load_model(name: str | Path, max_seq_length: int | None = None, device: str 
     local = Path(resolved).is_dir()
     try:
         # local_files_only also keeps the model card from looking the base model up on the Hub.
-        model = SentenceTransformer(resolved, device=device, local_files_only=local)
+        model = SentenceTransformer(resolved, device=device, local_files_only=local, config_kwargs=config_kwargs)
     except OSError as err:
         raise RagtuneError(
             f"could not load model {name!r}: it is not a local folder and the Hub could not provide it ({err})"
