@@ -4,10 +4,11 @@
 
 The idea: a bfloat16 product (AMX tiles) screens every pair, each row keeps the items within the product's
 rounding bound of a per-row threshold (the m-th lowest score on a sample of columns), and only those are rescored in
-float32. It would be exact (the bound is proven from the bfloat16 rounding), but on this CPU the elementwise passes
-over the N x N screened scores (the threshold compare and torch.nonzero) cost more than FAISS's whole exact search,
-so ragtune's miner does not use it. This script times each stage over all row blocks, next to FAISS's exact search
-of the same k, on `benchmarks/mining.py`'s clustered embeddings.
+float32. It would be exact (the bound is proven from the bfloat16 rounding), but on this CPU the screen alone (the
+product and the elementwise passes over the N x N screened scores: threshold, compare, torch.nonzero) takes about
+as long as FAISS's whole exact float32 search, before the hundreds of candidates it keeps per row are rescored and
+sorted, so ragtune's miner does not use it. This script times each stage over all row blocks, next to FAISS's
+exact search of the same k, on `benchmarks/mining.py`'s clustered embeddings.
 """
 
 from __future__ import annotations
