@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from output import report
 
 
 def embeddings(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -143,10 +144,7 @@ def main() -> None:
     if args.lean_baseline:
         base = child("lean-baseline")
         result.update(lean_baseline_seconds=base["seconds"], lean_baseline_peak_rss_mb=base["peak_rss_mb"])
-    print(json.dumps(result, indent=2))
-    if args.output_json:
-        args.output_json.parent.mkdir(parents=True, exist_ok=True)
-        args.output_json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output_json)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ exact search of the same k, on `benchmarks/mining.py`'s clustered embeddings.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from mining import embeddings
+from output import report
 
 
 def main() -> None:
@@ -69,10 +69,7 @@ def main() -> None:
         "candidates_per_row": round(kept / args.rows, 1),
         "threads": torch.get_num_threads(),
     }
-    print(json.dumps(result, indent=2))
-    if args.output_json:
-        args.output_json.parent.mkdir(parents=True, exist_ok=True)
-        args.output_json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output_json)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ truncated at the model's max_seq_length (256 tokens for all-MiniLM-L6-v2).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from output import report
 
 from ragtune.data import load_pairs
 from ragtune.embeddings import load_model, resolve_model
@@ -49,10 +49,7 @@ def main() -> None:
             "mean_cosine_to_torch": round(float(cosines.mean()), 5),
         }
     out = {"passages": len(texts), "export_probe_check": export, "backends": results}
-    print(json.dumps(out, indent=2))
-    if args.output_json:
-        args.output_json.parent.mkdir(parents=True, exist_ok=True)
-        args.output_json.write_text(json.dumps(out, indent=2) + "\n")
+    report(out, args.output_json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ clients (half /v1/embeddings with one short question, half /search with k=10), t
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from output import report
 
 QUESTIONS = [
     "Does age influence growth hormone response to exercise?",
@@ -91,10 +91,7 @@ def main() -> None:
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "errors": sum(1 for _, ok in results if not ok),
     }
-    print(json.dumps(out, indent=2))
-    if args.output_json:
-        args.output_json.parent.mkdir(parents=True, exist_ok=True)
-        args.output_json.write_text(json.dumps(out, indent=2) + "\n")
+    report(out, args.output_json)
 
 
 if __name__ == "__main__":
