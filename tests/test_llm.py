@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ragtune.cli import app
 from ragtune.errors import RagtuneError
-from ragtune.llm import LLMSettings, filter_questions, generate, parse_questions
+from ragtune.llm import LLMSettings, LLMStats, filter_questions, generate, parse_questions
 from ragtune.search import Document, load_documents
 
 PASSAGES = {
@@ -119,6 +119,19 @@ def _settings(url, **kw):
     return LLMSettings(
         **{"base_url": url, "model": "fake", "api_key_env": "FAKE_LLM_KEY", "backoff": 0.01, "round_trip_k": 1, **kw}
     )
+
+
+def test_a_question_asked_twice_stays_with_the_first_passage_whatever_order_the_answers_arrived(tmp_path):
+    """Answers are appended as they arrive; the kidney question also comes back for the anemia passage."""
+    tag = {doc_id: text.split("[")[1].split("]")[0] for doc_id, text in PASSAGES.items()}
+    raw = tmp_path / "pairs.raw.jsonl"
+    settings = _settings("http://unused", round_trip_k=0)
+    for order in (list(PASSAGES), list(PASSAGES)[::-1]):
+        raw.write_text("".join(json.dumps({"doc_id": d, "content": ANSWERS[f"[{tag[d]}]"]}) + "\n" for d in order))
+        stats = LLMStats()
+        pairs = filter_questions(_docs(), raw, settings, stats)
+        owner = {p.query: p.doc_id for p in pairs}
+        assert owner["What makes kidney stones form?"] == "stones" and stats.removed["duplicate"] == 2
 
 
 def test_retries_parsing_and_every_filter_end_to_end(fake_llm, tmp_path):

@@ -211,29 +211,30 @@ def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, p
 
 def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSettings, stats: LLMStats) -> list[Pair]:
     """Parse every raw answer and keep the questions that pass each filter; counts per filter go to `stats`."""
-    by_id = {d.id: d for d in documents}
+    position = {d.id: i for i, d in enumerate(documents)}
+    with raw_path.open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    # Answers are appended as they arrive, so the file's order varies run to run; a question asked for two passages
+    # must be kept for the same one every time, hence corpus order (records of passages no longer in it are skipped).
+    records = sorted((r for r in records if r["doc_id"] in position), key=lambda r: position[r["doc_id"]])
     candidates: list[Pair] = []
     seen: set[str] = set()
-    with raw_path.open(encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            doc = by_id.get(record["doc_id"])
-            if doc is None:
-                continue  # a passage no longer in the corpus
-            questions, valid_json = parse_questions(record["content"])
-            if not valid_json:
-                stats.removed["answers_not_valid_json_(parsed_anyway)"] += 1
-            if not questions:
-                stats.removed["answers_without_a_question"] += 1
-            for q in questions:
-                key = " ".join(q.lower().split())
-                if key in seen:
-                    stats.removed["duplicate"] += 1
-                elif copies_passage(q, doc.text, settings.max_copied_words):
-                    stats.removed["copies_the_passage"] += 1
-                else:
-                    seen.add(key)
-                    candidates.append(Pair(q, doc.text, "llm", doc.id))
+    for record in records:
+        doc = documents[position[record["doc_id"]]]
+        questions, valid_json = parse_questions(record["content"])
+        if not valid_json:
+            stats.removed["answers_not_valid_json_(parsed_anyway)"] += 1
+        if not questions:
+            stats.removed["answers_without_a_question"] += 1
+        for q in questions:
+            key = " ".join(q.lower().split())
+            if key in seen:
+                stats.removed["duplicate"] += 1
+            elif copies_passage(q, doc.text, settings.max_copied_words):
+                stats.removed["copies_the_passage"] += 1
+            else:
+                seen.add(key)
+                candidates.append(Pair(q, doc.text, "llm", doc.id))
     if settings.round_trip_k and candidates:
         candidates = _round_trip(candidates, documents, settings, stats)
     stats.pairs = len(candidates)
