@@ -63,25 +63,24 @@ def lean_classic(v: np.ndarray) -> list[int]:
     return chosen
 
 
-def ragtune_miner(v: np.ndarray, strategy: str, index: str, ivf_threshold: int, nprobe: int, stats: dict) -> list[int]:
+def ragtune_miner(v: np.ndarray, strategy: str, config_kwargs: dict, stats: dict) -> list[int]:
     from ragtune.config import MiningConfig
-    from ragtune.mining import candidate_search, least_similar_assignment, least_similar_k
+    from ragtune.mining import candidate_search, least_similar_assignment, least_similar_candidates
 
-    config = MiningConfig(index=index, ivf_threshold=ivf_threshold, nprobe=nprobe)
+    config = MiningConfig(**config_kwargs)
     if strategy == "hard":  # queries = the passages themselves; the top 30 minus the row's own passage
         search = candidate_search(v, config, v, 30, stats)
         _, ids = search(v, 31)
         return [next(int(c) for c in row if c != i and c >= 0) for i, row in enumerate(ids)]
-    k = least_similar_k(config, len(v))
-    search = candidate_search(v, config, -v, k, stats)
+    search, candidates, k = least_similar_candidates(v, v, config, stats)
     approximate = stats["index"]["type"] == "ivf"
     chosen, stats["rows_reusing_a_negative"] = least_similar_assignment(
-        v, v, [{i} for i in range(len(v))], k=k, search=search, approximate=approximate
+        v, v, [{i} for i in range(len(v))], k=k, search=search, approximate=approximate, candidates=candidates
     )
     return chosen
 
 
-def measure(which: str, rows: int, dim: int, strategy: str, index: str, ivf_threshold: int, nprobe: int) -> dict:
+def measure(which: str, rows: int, dim: int, strategy: str, config_kwargs: dict) -> dict:
     v = embeddings(rows, dim)
     if which == "ragtune":
         import faiss  # noqa: F401
@@ -95,7 +94,7 @@ def measure(which: str, rows: int, dim: int, strategy: str, index: str, ivf_thre
     elif which == "lean-baseline":
         chosen = lean_classic(v)
     else:
-        chosen = ragtune_miner(v, strategy, index, ivf_threshold, nprobe, stats)
+        chosen = ragtune_miner(v, strategy, config_kwargs, stats)
     seconds = time.perf_counter() - start
     if strategy == "least-similar":
         assert len(set(chosen)) == rows, "negatives are not unique"
@@ -113,12 +112,13 @@ def main() -> None:
     parser.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto", help="ragtune's search")
     parser.add_argument("--ivf-threshold", type=int, default=200_000, help="rows from which ragtune uses IVF")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query")
+    parser.add_argument("--screen", choices=["auto", "on", "off"], default="auto", help="ragtune's bfloat16 screen")
     parser.add_argument("--output-json", type=Path)
     parser.add_argument("--child", choices=["ragtune", "baseline", "lean-baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        a = args
-        print(json.dumps(measure(a.child, a.rows, a.dim, a.strategy, a.index, a.ivf_threshold, a.nprobe)))
+        config = dict(index=args.index, ivf_threshold=args.ivf_threshold, nprobe=args.nprobe, screen=args.screen)
+        print(json.dumps(measure(args.child, args.rows, args.dim, args.strategy, config)))
         return
 
     def child(which: str) -> dict:
@@ -132,11 +132,14 @@ def main() -> None:
             str(args.ivf_threshold),
             "--nprobe",
             str(args.nprobe),
+            "--screen",
+            args.screen,
         ]
         out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)  # progress on stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     result = {"rows": args.rows, "dim": args.dim, "strategy": args.strategy, "index_option": args.index}
+    result["screen_option"] = args.screen
     result.update(child("ragtune"))
     if args.baseline:
         base = child("baseline")

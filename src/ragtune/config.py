@@ -63,6 +63,11 @@ class MiningConfig(Settings):
     )
     ivf_threshold: int = Field(200_000, ge=1, description="auto: corpora at least this large use the IVF index.")
     nprobe: int = Field(32, ge=1, description="ivf: clusters searched per query (more: slower, higher recall).")
+    screen: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="least-similar, exact search: screen with a bfloat16 product and rescore in float32 (same picks); "
+        "auto: on CPUs with AMX tiles from 8,192 passages.",
+    )
     cross_encoder: str | None = Field(
         None, description="hard: rescore candidates with this cross-encoder folder; guards then use its scores."
     )

@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ragtune import screen
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, normalise
 from ragtune.embeddings import Encoder
+from ragtune.screen import Screened, screen_least_similar
 from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
@@ -65,7 +67,7 @@ def least_similar_assignment(
     blocked: list[np.ndarray | None] | None = None,
     search: Search | None = None,
     approximate: bool = False,
-    candidates: np.ndarray | None = None,
+    candidates: np.ndarray | Screened | None = None,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
@@ -79,10 +81,11 @@ def least_similar_assignment(
     reaches the row. With an `approximate` search, stuck rows are first searched again in the index for free items
     only (cheaper than an exact search when the index scans only part of the corpus); a row whose probed cells hold
     too few free items it may take gets the exact list. `candidates`, when given, are the first search's result (each
-    row's k least similar corpus items, ascending), so several rounds search once.
+    row's k least similar corpus items, ascending, or a bfloat16 screen's lists: see ragtune.screen), so several
+    rounds search once.
     """
     n, m = len(corpus_vectors), len(row_vectors)
-    if search is None:
+    if search is None and (candidates is None or approximate):
         index = flat_index(corpus_vectors)
 
         def search(q: np.ndarray, kk: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +98,27 @@ def least_similar_assignment(
     used = np.zeros(n, dtype=bool)
     chosen: list[int] = []
     reused = 0
+    screened = first if isinstance(first, Screened) else None
+
+    def pick_for(i: int) -> int | None:
+        if i in more:
+            return _first_free(more[i], used, forbidden[i], blocked[i])
+        if screened is not None:
+            return screened.pick(i, used, forbidden[i], blocked[i], row_vectors[i], corpus_vectors)
+        return _first_free(first[i], used, forbidden[i], blocked[i])
+
+    tentative, tentative_from = np.empty(0, dtype=np.int64), 0
     for i in tqdm(range(m), desc="least-similar walk", disable=m < 100_000, mininterval=10):
-        while (pick := _first_free(more.get(i, first[i]), used, forbidden[i], blocked[i])) is None:
+        if screened is not None and i >= tentative_from + len(tentative):
+            tentative_from, stop = i, min(m, i + _TENTATIVE_ROWS)
+            tentative = screened.tentative_picks(i, stop, used, forbidden, blocked, row_vectors, corpus_vectors)
+        # A tentative pick stands unless an earlier row took that item since; then the row is asked again below.
+        pick = int(tentative[i - tentative_from]) if screened is not None and i not in more else -1
+        if pick >= 0 and not used[pick]:
+            used[pick] = True
+            chosen.append(pick)
+            continue
+        while (pick := pick_for(i)) is None:
             if i in complete:  # every item is taken: more rows than distinct passages
                 reused += 1
                 pick = _least_similar_allowed(row_vectors[i], corpus_vectors, forbidden[i], blocked[i], i)
@@ -123,9 +145,10 @@ def _all_used(ids: np.ndarray, used: np.ndarray, k: int) -> bool:
 
 
 _FREE_K = 64  # items kept per stuck row (see least_similar_assignment)
+_TENTATIVE_ROWS = 128  # rows whose screened picks are made at once (Screened.tentative_picks)
 
 
-def _stuck_rows(i: int, first: np.ndarray, more: dict, used: np.ndarray, limit: int) -> list[int]:
+def _stuck_rows(i: int, first: np.ndarray | Screened, more: dict, used: np.ndarray, limit: int) -> list[int]:
     """Row i plus later rows whose candidates are all, or nearly all, used already: they would each need the same
     help, and one matrix product for all of them costs about what one row's does (a single row is a memory-bound
     matrix-vector product; at 20,000 rows, stuck rows handled one by one took longer than the first search).
@@ -133,7 +156,10 @@ def _stuck_rows(i: int, first: np.ndarray, more: dict, used: np.ndarray, limit: 
     Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget."""
     limit = max(1, limit)
     stop = min(len(first), i + 4 * limit)
-    taken = used[np.maximum(first[i:stop], 0)].mean(axis=1)
+    if isinstance(first, Screened):
+        taken = first.taken_share(i, stop, used)
+    else:
+        taken = used[np.maximum(first[i:stop], 0)].mean(axis=1)
     for j, ids in more.items():
         if i <= j < stop:
             valid = ids[ids >= 0]
@@ -148,7 +174,8 @@ def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows)
     """For each of `rows`, its least similar corpus items that are free and not blocked for it, ascending: at least
     `_FREE_K` besides its forbidden items (kept in the list; the walk skips them). A list that holds every such item
     ends in -1. Only free items are searched: late in the walk, when most stuck rows occur, few are. FAISS's flat search
-    keeps a heap per row: at 20,000 rows it took half the time of a matrix product followed by torch.topk."""
+    keeps a heap per row: at 20,000 rows it took half the time of a matrix product followed by torch.topk (and less
+    than screening the free items with ragtune.screen, whose lists then ran out sooner)."""
     lists: list[np.ndarray] = [np.empty(0)] * len(rows)
     groups: dict[int, list[int]] = {}  # rows with one blocked mask (none, or the held-out passages) share a search
     for position, r in enumerate(rows):
@@ -197,6 +224,33 @@ def least_similar_k(config: MiningConfig, n: int) -> int:
     spares most rows the refill search over all free items (at 20,000 rows the walk took ~0.3 s instead of ~0.5 s).
     IVF: 64, since the scan width grows with k."""
     return 128 if uses_exact_search(config, n) else 64
+
+
+def least_similar_candidates(
+    row_vectors: np.ndarray, corpus_vectors: np.ndarray, config: MiningConfig, stats: dict
+) -> tuple[Search | None, np.ndarray | Screened, int]:
+    """The first search of a least-similar walk: (the search for refills, each row's candidates, k).
+
+    With exact search, a bfloat16 screen (ragtune.screen) when `config.screen` says so (auto: on CPUs with AMX tiles,
+    from `_SCREEN_MIN` passages; no FAISS index is built then, the walk's refills build their own), else FAISS's k
+    least similar items per row."""
+    n = len(corpus_vectors)
+    k = least_similar_k(config, n)
+    if uses_exact_search(config, n) and (
+        config.screen == "on" or (config.screen == "auto" and n >= _SCREEN_MIN and screen.available())
+    ):
+        stats["index"] = {"type": "exact", "screen": "bfloat16"}
+        return None, screen_least_similar(row_vectors, corpus_vectors, _SCREEN_K), k
+    search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
+    return search, search(-row_vectors, k)[1], k
+
+
+# Below this many passages FAISS's float32 search is about as fast as the screen (measured: benchmarks/mining.py).
+_SCREEN_MIN = 8192
+# Screened lists hold at least this many items per row. Deeper than FAISS's 128: the last items of a screened list
+# serve only to prove a pick (an unlisted item may be within the rounding bound), and at 20,000 rows 160 halved the
+# refill searches for a tenth more screening time.
+_SCREEN_K = 160
 
 
 def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np.ndarray, k: int, stats) -> Search:
@@ -310,10 +364,8 @@ def mine(
 def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, stats) -> None:
     items = np.array([guards.position[r.positive_id] for r in rows], dtype=np.int64)
     row_vectors = corpus_vectors[items]
-    k = least_similar_k(config, len(corpus_vectors))
-    search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
+    search, candidates, k = least_similar_candidates(row_vectors, corpus_vectors, config, stats)  # for every round
     approximate = stats["index"]["type"] == "ivf"
-    candidates = search(-row_vectors, k)[1]  # once for every round
     corpus_ids = list(guards.position)
     blocked = [guards.blocked(r.query_id) for r in rows]
     for round_ in range(config.num_negatives):

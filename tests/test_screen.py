@@ -1,0 +1,158 @@
+"""The bfloat16 screen behind exact least-similar mining: its error bound holds, its lists are complete up to their
+bound, and the walk over them makes exactly the classic N x N recipe's picks."""
+
+import numpy as np
+import pytest
+from test_mining import classic_least_similar
+
+from ragtune.config import MiningConfig
+from ragtune.mining import least_similar_assignment, least_similar_candidates
+from ragtune.screen import RELATIVE, screen_least_similar
+
+
+def _clustered(n, d=48, centres=12, noise=0.5, seed=0):
+    """Rows of one cluster compete for the same least similar items: the walk's hard case."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    v = (c[rng.integers(0, centres, n)] + noise * rng.normal(size=(n, d))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("scale", [1.0, 37.0])
+def test_every_listed_score_is_within_the_bound_and_every_unlisted_item_screens_above_it(scale):
+    rng = np.random.default_rng(1)
+    rows = (scale * rng.normal(size=(300, 64))).astype(np.float32)
+    corpus = (scale * rng.normal(size=(2000, 64))).astype(np.float32)
+    lists = screen_least_similar(rows, corpus, k=20, group=4, supergroup=4)
+    exact = rows @ corpus.T
+    for i in range(len(rows)):
+        ids = lists.ids[lists.offsets[i] : lists.offsets[i + 1]]
+        screened = lists.scores[lists.offsets[i] : lists.offsets[i + 1]]
+        assert len(ids) >= 20 and len(set(ids.tolist())) == len(ids)
+        assert np.all(np.diff(screened) >= 0), "a row's list is not ascending"
+        # The bound: every listed item's float32 score is within error + RELATIVE * |screened|.
+        slack = lists.error[i] + RELATIVE * np.abs(screened)
+        assert np.all(np.abs(exact[i, ids] - screened) <= slack)
+        # Completeness: an unlisted item scores (float32) at least bound - its error.
+        unlisted = np.setdiff1d(np.arange(len(corpus)), ids)
+        t = lists.bound[i]
+        assert np.all(exact[i, unlisted] >= t - lists.error[i] - RELATIVE * abs(t))
+        # The k lowest float32 scores that are clearly below the bound are all listed.
+        clear = np.flatnonzero(exact[i] < t - 2 * (lists.error[i] + RELATIVE * abs(t)))
+        assert set(clear.tolist()) <= set(ids.tolist())
+
+
+def test_error_bound_is_tight_enough_to_be_useful():
+    v = _clustered(1000)
+    lists = screen_least_similar(v, v, k=16)
+    # Unit vectors: bfloat16 keeps 8 bits, so the additive part is a few thousandths, not a fraction of the range.
+    assert 0 < lists.error.max() < 0.01
+
+
+@pytest.mark.parametrize("k, group, supergroup", [(8, 4, 4), (16, 2, 8), (40, 1, 1)])
+def test_walk_over_screened_lists_makes_the_classic_picks(k, group, supergroup):
+    v = _clustered(1500)
+    lists = screen_least_similar(v, v, k=k, group=group, supergroup=supergroup)
+    chosen, reused = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=lists)
+    assert chosen == classic_least_similar(v)
+    assert reused == 0 and len(set(chosen)) == len(v)
+
+
+def test_walk_over_screened_lists_honours_forbidden_and_blocked_items():
+    v = _clustered(900, seed=4)
+    blocked = np.zeros(len(v), dtype=bool)
+    blocked[::4] = True
+    masks = [blocked] * 600 + [None] * 300
+    forbidden = [{i, (i + 11) % len(v), (i * 7) % len(v)} for i in range(len(v))]
+    lists = screen_least_similar(v, v, k=12, group=4, supergroup=4)
+    chosen, _ = least_similar_assignment(v, v, forbidden, blocked=masks, candidates=lists)
+    assert not any(blocked[c] for c in chosen[:600])
+    assert all(c not in forbidden[i] for i, c in enumerate(chosen))
+    assert chosen == classic_least_similar(v, forbidden, masks)
+
+
+def test_more_rows_than_passages_with_the_screen_reuses_and_counts():
+    rows = _clustered(12, seed=2)
+    corpus = rows[:8]
+    lists = screen_least_similar(rows, corpus, k=4)
+    chosen, reused = least_similar_assignment(rows, corpus, [set() for _ in range(12)], candidates=lists)
+    assert reused == 4 and len(set(chosen[:8])) == 8
+
+
+def test_config_switches_the_screen_and_both_give_the_same_negatives():
+    v = _clustered(1200, seed=5)
+    picks = {}
+    for setting in ("on", "off"):
+        stats: dict = {}
+        search, candidates, k = least_similar_candidates(v, v, MiningConfig(screen=setting), stats)
+        assert (stats["index"].get("screen") == "bfloat16") == (setting == "on")
+        picks[setting], _ = least_similar_assignment(
+            v, v, [{i} for i in range(len(v))], k=k, search=search, candidates=candidates
+        )
+    assert picks["on"] == picks["off"]
+    # auto: below the size where the screen pays off, FAISS's search is used.
+    stats = {}
+    least_similar_candidates(v, v, MiningConfig(), stats)
+    assert "screen" not in stats["index"]
+
+
+def _near_ties(centres=60, copies=25, jitter=1e-3, d=48, seed=7):
+    """Clusters of near-copies: scores within a cluster differ by ~1e-3, below bfloat16's resolution, so the
+    screen cannot order them and its lists end inside a band of near-ties."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    v = (np.repeat(c, copies, axis=0) + jitter * rng.normal(size=(centres * copies, d))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_pick_is_the_float32_argmin_or_none_never_a_guess():
+    v = _near_ties()
+    lists = screen_least_similar(v, v, k=30, group=2, supergroup=2)  # a list holds one cluster of near-copies
+    exact = v @ v.T
+    used = np.zeros(len(v), dtype=bool)
+    used[::5] = True  # some items taken, as mid-walk
+    forbidden = [{i} for i in range(len(v))]
+    allowed = np.where(used, np.inf, exact)
+    np.fill_diagonal(allowed, np.inf)
+    truth = allowed.argmin(axis=1)
+    one = [lists.pick(i, used, forbidden[i], None, v[i], v) for i in range(len(v))]
+    many = lists.tentative_picks(0, len(v), used, forbidden, [None] * len(v), v, v)
+    assert [p for p in one if p is not None] == [int(truth[i]) for i, p in enumerate(one) if p is not None]
+    assert all(p < 0 or p == truth[i] for i, p in enumerate(many.tolist()))
+    assert [p is None for p in one] == [p < 0 for p in many.tolist()]
+    # Both outcomes occur here: some rows are proven (after rescoring near-ties), others must be searched again.
+    assert 0 < sum(p is None for p in one) < len(v)
+
+
+def test_walk_over_near_ties_makes_the_classic_picks():
+    v = _near_ties(centres=40, copies=30)
+    lists = screen_least_similar(v, v, k=8, group=2, supergroup=2)
+    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=lists)
+    assert chosen == classic_least_similar(v)
+
+
+def test_the_window_reaches_every_item_whose_bound_overlaps_the_lowest():
+    """Hand-made lists at the edge of the bound: item 1 screens 0.015 above item 0 but scores lower in float32,
+    within the stated error of 0.01; the pick must rescore it. Item 2 is beyond reach."""
+    from ragtune.screen import Screened
+
+    row = np.array([[1.0, 0.0]], dtype=np.float32)
+    corpus = np.array([[0.009, 1.0], [0.006, 1.0], [0.5, 0.0]], dtype=np.float32)
+    lists = Screened(
+        offsets=np.array([0, 3]),
+        ids=np.array([0, 1, 2], dtype=np.int32),
+        scores=np.array([0.0, 0.015, 0.5], dtype=np.float32),
+        bound=np.array([1.0], dtype=np.float32),
+        error=np.array([0.01]),
+    )
+    used = np.zeros(3, dtype=bool)
+    assert lists.pick(0, used, set(), None, row[0], corpus) == 1
+    assert lists.tentative_picks(0, 1, used, [set()], [None], row, corpus).tolist() == [1]
+    # Once item 1 is taken, item 0 is the pick; with items 0 and 1 forbidden, item 2 (listed, below the bound) is.
+    used[1] = True
+    assert lists.pick(0, used, set(), None, row[0], corpus) == 0
+    assert lists.pick(0, np.zeros(3, dtype=bool), {0, 1}, None, row[0], corpus) == 2
+    # A bound within reach of the lowest free item: an unlisted item could score lower, so no pick is claimed.
+    lists.bound[:] = 0.52
+    assert lists.pick(0, np.zeros(3, dtype=bool), {0, 1}, None, row[0], corpus) is None
+    assert lists.tentative_picks(0, 1, np.zeros(3, dtype=bool), [{0, 1}], [None], row, corpus).tolist() == [-1]
