@@ -9,14 +9,18 @@ starts and are in every process's RSS.
 `--baseline` is the classic recipe as written: the full similarity matrix, every row argsorted up front (N x N
 float32 + N x N int64: 4.8 GB at 20,000 rows, the figure the issue measured), then a greedy walk.
 `--lean-baseline` is the same N x N algorithm sorting one row at a time (only the float matrix is held).
-ragtune's miner uses exact FAISS search below `--ivf-threshold` rows and an IVF index above it (`--index exact|ivf`
-forces one); `--strategy hard` times hard mining (top-30 window, one negative) instead of least-similar. Modules are
-imported before the clock starts (in a pipeline torch and FAISS are loaded long before mining).
+ragtune's miner uses exact search below `--ivf-threshold` rows and an IVF index above it (`--index exact|ivf`
+forces one); exact least-similar search is a bfloat16 screen with float32 rescoring on CPUs with AMX tiles from
+4,096 rows (`--screen auto|on|off`), else FAISS's flat search. `same_picks_as_baseline` says whether ragtune's picks
+are the classic recipe's, row for row (each process hashes its picks). `--strategy hard` times hard mining (top-30
+window, one negative) instead of least-similar. Modules are imported before the clock starts (in a pipeline torch
+and FAISS are loaded long before mining).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import subprocess
@@ -99,7 +103,8 @@ def measure(which: str, rows: int, dim: int, strategy: str, config_kwargs: dict)
     if strategy == "least-similar":
         assert len(set(chosen)) == rows, "negatives are not unique"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1), **stats}
+    picks = hashlib.sha1(np.asarray(chosen, dtype=np.int64).tobytes()).hexdigest()
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1), "picks_sha1": picks, **stats}
 
 
 def main() -> None:
@@ -141,12 +146,13 @@ def main() -> None:
     result = {"rows": args.rows, "dim": args.dim, "strategy": args.strategy, "index_option": args.index}
     result["screen_option"] = args.screen
     result.update(child("ragtune"))
-    if args.baseline:
-        base = child("baseline")
-        result.update(baseline_seconds=base["seconds"], baseline_peak_rss_mb=base["peak_rss_mb"])
-    if args.lean_baseline:
-        base = child("lean-baseline")
-        result.update(lean_baseline_seconds=base["seconds"], lean_baseline_peak_rss_mb=base["peak_rss_mb"])
+    picks = result.pop("picks_sha1")
+    for which, flag in (("baseline", args.baseline), ("lean_baseline", args.lean_baseline)):
+        if flag:
+            base = child(which.replace("_", "-"))
+            result[f"{which}_seconds"], result[f"{which}_peak_rss_mb"] = base["seconds"], base["peak_rss_mb"]
+            if args.strategy == "least-similar":
+                result[f"same_picks_as_{which}"] = base["picks_sha1"] == picks
     report(result, args.output_json)
 
 

@@ -19,3 +19,13 @@ def test_mining_benchmark_writes_ragtune_and_classic_figures(tmp_path):
     for key in ("seconds", "peak_rss_mb", "baseline_seconds", "baseline_peak_rss_mb"):
         assert result[key] > 0, key
     assert result["rows_reusing_a_negative"] == 0
+
+
+def test_mining_benchmark_checks_the_screened_picks_against_the_classic_recipe(tmp_path):
+    out = tmp_path / "mining.json"
+    command = [sys.executable, str(BENCHMARKS / "mining.py"), "--rows", "3000", "--dim", "48", "--baseline"]
+    command += ["--index", "exact", "--screen", "on", "--output-json", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["index"] == {"type": "exact", "screen": "bfloat16"}
+    assert result["same_picks_as_baseline"] is True

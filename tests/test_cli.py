@@ -268,3 +268,19 @@ def test_index_then_search_and_add(tiny_model, tmp_path):
     assert len(results) == 6 and all(r["metadata"]["lang"] == "en" for r in results)
     again = runner.invoke(app, ["index", str(tiny_model), str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "idx")])
     assert again.exit_code != 0 and "already holds an index" in str(again.exception)
+
+
+def test_mine_screen_switch_gives_the_same_negatives_and_refuses_bad_values(tiny_model, tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(60))
+    _ok(["prepare", src, "--out", tmp_path / "prep"])
+    negatives = {}
+    for setting in ("on", "off"):
+        out = tmp_path / f"mined-{setting}"
+        args = ["mine", tmp_path / "prep", "--out", out, "--model", tiny_model, "--strategy", "least-similar"]
+        _ok(args + ["--screen", setting, "--cache-dir", tmp_path / "cache"])
+        stats = json.loads((out / "stats.json").read_text())["stats"]
+        assert (stats["index"].get("screen") == "bfloat16") == (setting == "on")
+        negatives[setting] = [json.loads(line)["negative_ids"] for line in (out / "rows.jsonl").open()]
+    assert negatives["on"] == negatives["off"] and len(negatives["on"]) == 60
+    bad = runner.invoke(app, ["mine", str(tmp_path / "prep"), "--model", tiny_model, "--screen", "maybe"])
+    assert bad.exit_code != 0 and "screen" in str(bad.exception) and "Traceback" not in str(bad.exception)

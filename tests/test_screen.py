@@ -7,7 +7,12 @@ from test_mining import classic_least_similar
 
 from ragtune.config import MiningConfig
 from ragtune.mining import least_similar_assignment, least_similar_candidates
-from ragtune.screen import RELATIVE, screen_least_similar
+from ragtune.screen import RELATIVE, Screener
+
+
+def screen(rows, corpus, **kwargs):
+    """Every row's lists against a corpus with nothing used yet."""
+    return Screener(corpus, **kwargs).lists(rows, np.zeros(len(corpus), dtype=bool))
 
 
 def _clustered(n, d=48, centres=12, noise=0.5, seed=0):
@@ -23,7 +28,7 @@ def test_every_listed_score_is_within_the_bound_and_every_unlisted_item_screens_
     rng = np.random.default_rng(1)
     rows = (scale * rng.normal(size=(300, 64))).astype(np.float32)
     corpus = (scale * rng.normal(size=(2000, 64))).astype(np.float32)
-    lists = screen_least_similar(rows, corpus, k=20, group=4, supergroup=4)
+    lists = screen(rows, corpus, k=20, group=4, supergroup=4)
     exact = rows @ corpus.T
     for i in range(len(rows)):
         ids = lists.ids[lists.offsets[i] : lists.offsets[i + 1]]
@@ -44,7 +49,7 @@ def test_every_listed_score_is_within_the_bound_and_every_unlisted_item_screens_
 
 def test_error_bound_is_tight_enough_to_be_useful():
     v = _clustered(1000)
-    lists = screen_least_similar(v, v, k=16)
+    lists = screen(v, v, k=16)
     # Unit vectors: bfloat16 keeps 8 bits, so the additive part is a few thousandths, not a fraction of the range.
     assert 0 < lists.error.max() < 0.01
 
@@ -52,8 +57,8 @@ def test_error_bound_is_tight_enough_to_be_useful():
 @pytest.mark.parametrize("k, group, supergroup", [(8, 4, 4), (16, 2, 8), (40, 1, 1)])
 def test_walk_over_screened_lists_makes_the_classic_picks(k, group, supergroup):
     v = _clustered(1500)
-    lists = screen_least_similar(v, v, k=k, group=group, supergroup=supergroup)
-    chosen, reused = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=lists)
+    screener = Screener(v, k=k, group=group, supergroup=supergroup)
+    chosen, reused = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=screener)
     assert chosen == classic_least_similar(v)
     assert reused == 0 and len(set(chosen)) == len(v)
 
@@ -64,8 +69,8 @@ def test_walk_over_screened_lists_honours_forbidden_and_blocked_items():
     blocked[::4] = True
     masks = [blocked] * 600 + [None] * 300
     forbidden = [{i, (i + 11) % len(v), (i * 7) % len(v)} for i in range(len(v))]
-    lists = screen_least_similar(v, v, k=12, group=4, supergroup=4)
-    chosen, _ = least_similar_assignment(v, v, forbidden, blocked=masks, candidates=lists)
+    screener = Screener(v, k=12, group=4, supergroup=4)
+    chosen, _ = least_similar_assignment(v, v, forbidden, blocked=masks, candidates=screener)
     assert not any(blocked[c] for c in chosen[:600])
     assert all(c not in forbidden[i] for i, c in enumerate(chosen))
     assert chosen == classic_least_similar(v, forbidden, masks)
@@ -74,8 +79,9 @@ def test_walk_over_screened_lists_honours_forbidden_and_blocked_items():
 def test_more_rows_than_passages_with_the_screen_reuses_and_counts():
     rows = _clustered(12, seed=2)
     corpus = rows[:8]
-    lists = screen_least_similar(rows, corpus, k=4)
-    chosen, reused = least_similar_assignment(rows, corpus, [set() for _ in range(12)], candidates=lists)
+    chosen, reused = least_similar_assignment(
+        rows, corpus, [set() for _ in range(12)], candidates=Screener(corpus, k=4)
+    )
     assert reused == 4 and len(set(chosen[:8])) == 8
 
 
@@ -107,7 +113,7 @@ def _near_ties(centres=60, copies=25, jitter=1e-3, d=48, seed=7):
 
 def test_a_pick_is_the_float32_argmin_or_none_never_a_guess():
     v = _near_ties()
-    lists = screen_least_similar(v, v, k=30, group=2, supergroup=2)  # a list holds one cluster of near-copies
+    lists = screen(v, v, k=30, group=2, supergroup=2)  # a list holds one cluster of near-copies
     exact = v @ v.T
     used = np.zeros(len(v), dtype=bool)
     used[::5] = True  # some items taken, as mid-walk
@@ -126,8 +132,8 @@ def test_a_pick_is_the_float32_argmin_or_none_never_a_guess():
 
 def test_walk_over_near_ties_makes_the_classic_picks():
     v = _near_ties(centres=40, copies=30)
-    lists = screen_least_similar(v, v, k=8, group=2, supergroup=2)
-    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=lists)
+    screener = Screener(v, k=8, group=2, supergroup=2)
+    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(len(v))], candidates=screener)
     assert chosen == classic_least_similar(v)
 
 

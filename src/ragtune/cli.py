@@ -129,6 +129,10 @@ def mine_cmd(
     ] = None,
     index: Annotated[str | None, typer.Option(help="auto, exact or ivf (approximate, for large corpora).")] = None,
     nprobe: Annotated[int | None, typer.Option(help="ivf: clusters searched per query.")] = None,
+    screen: Annotated[
+        str | None,
+        typer.Option(help="least-similar, exact: bfloat16 screen + float32 rescoring, same picks (auto, on, off)."),
+    ] = None,
     cross_encoder: Annotated[
         str | None, typer.Option(help="hard: rescore candidates with this cross-encoder model folder.")
     ] = None,
@@ -160,6 +164,7 @@ def mine_cmd(
         negatives_from=negatives_from,
         index=index,
         nprobe=nprobe,
+        screen=screen,
         cross_encoder=cross_encoder,
         seed=seed,
         batch_size=batch_size,

@@ -66,7 +66,7 @@ class MiningConfig(Settings):
     screen: Literal["auto", "on", "off"] = Field(
         "auto",
         description="least-similar, exact search: screen with a bfloat16 product and rescore in float32 (same picks); "
-        "auto: on CPUs with AMX tiles from 8,192 passages.",
+        "auto: on CPUs with AMX tiles from 4,096 passages.",
     )
     cross_encoder: str | None = Field(
         None, description="hard: rescore candidates with this cross-encoder folder; guards then use its scores."

@@ -34,7 +34,7 @@ from ragtune import screen
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, normalise
 from ragtune.embeddings import Encoder
-from ragtune.screen import Screened, screen_least_similar
+from ragtune.screen import Screener
 from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
@@ -67,7 +67,7 @@ def least_similar_assignment(
     blocked: list[np.ndarray | None] | None = None,
     search: Search | None = None,
     approximate: bool = False,
-    candidates: np.ndarray | Screened | None = None,
+    candidates: np.ndarray | Screener | None = None,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
@@ -81,8 +81,8 @@ def least_similar_assignment(
     reaches the row. With an `approximate` search, stuck rows are first searched again in the index for free items
     only (cheaper than an exact search when the index scans only part of the corpus); a row whose probed cells hold
     too few free items it may take gets the exact list. `candidates`, when given, are the first search's result (each
-    row's k least similar corpus items, ascending, or a bfloat16 screen's lists: see ragtune.screen), so several
-    rounds search once.
+    row's k least similar corpus items, ascending), so several rounds search once, or a `Screener`: then each block
+    of rows is screened against the items still free just before the walk reaches it (see ragtune.screen).
     """
     n, m = len(corpus_vectors), len(row_vectors)
     if search is None and (candidates is None or approximate):
@@ -92,28 +92,38 @@ def least_similar_assignment(
             return search_chunked(index, q, kk, exclude)
 
     blocked = blocked or [None] * m
-    first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
+    screener = candidates if isinstance(candidates, Screener) else None
+    if screener is None:
+        first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
     more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when computed
     complete: set[int] = set()  # rows whose exact list holds every free item they may take
     used = np.zeros(n, dtype=bool)
     chosen: list[int] = []
     reused = 0
-    screened = first if isinstance(first, Screened) else None
+    screened, at, tentative = None, 0, np.empty(0, dtype=np.int64)  # the block of rows screened last, from row `at`
 
     def pick_for(i: int) -> int | None:
         if i in more:
             return _first_free(more[i], used, forbidden[i], blocked[i])
-        if screened is not None:
-            return screened.pick(i, used, forbidden[i], blocked[i], row_vectors[i], corpus_vectors)
+        if screener is not None:
+            return screened.pick(i - at, used, forbidden[i], blocked[i], row_vectors[i], corpus_vectors)
         return _first_free(first[i], used, forbidden[i], blocked[i])
 
-    tentative, tentative_from = np.empty(0, dtype=np.int64), 0
+    def taken(i: int, limit: int) -> np.ndarray:
+        """Per row from i on (at most 4 x limit rows, within the screened block): the share of its list used."""
+        if screener is not None:
+            return screened.taken_share(i - at, min(len(screened), i - at + 4 * limit), used)
+        return used[np.maximum(first[i : i + 4 * limit], 0)].mean(axis=1)
+
     for i in tqdm(range(m), desc="least-similar walk", disable=m < 100_000, mininterval=10):
-        if screened is not None and i >= tentative_from + len(tentative):
-            tentative_from, stop = i, min(m, i + _TENTATIVE_ROWS)
-            tentative = screened.tentative_picks(i, stop, used, forbidden, blocked, row_vectors, corpus_vectors)
+        if screener is not None and i >= at + len(tentative):
+            at, stop = i, min(m, i + _SCREENED_ROWS)
+            screened = screener.lists(row_vectors[at:stop], used)
+            tentative = screened.tentative_picks(
+                0, stop - at, used, forbidden[at:stop], blocked[at:stop], row_vectors[at:stop], corpus_vectors
+            )
         # A tentative pick stands unless an earlier row took that item since; then the row is asked again below.
-        pick = int(tentative[i - tentative_from]) if screened is not None and i not in more else -1
+        pick = int(tentative[i - at]) if screener is not None and i not in more else -1
         if pick >= 0 and not used[pick]:
             used[pick] = True
             chosen.append(pick)
@@ -124,11 +134,11 @@ def least_similar_assignment(
                 pick = _least_similar_allowed(row_vectors[i], corpus_vectors, forbidden[i], blocked[i], i)
                 break
             if approximate and (i not in more or _all_used(more[i], used, k)):
-                rows = _stuck_rows(i, first, more, used, _BLOCK_BYTES // (12 * k))
+                rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (12 * k))
                 more.update(zip(rows, search(-row_vectors[rows], k, used)[1], strict=True))
                 complete.difference_update(rows)
             else:
-                rows = _stuck_rows(i, first, more, used, _BLOCK_BYTES // (4 * max(1, n - int(used.sum()))))
+                rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (4 * max(1, n - int(used.sum()))))
                 lists = _free_least_similar(row_vectors[rows], corpus_vectors, used, forbidden, blocked, rows)
                 more.update(zip(rows, lists, strict=True))
                 complete.update(r for r, ids in zip(rows, lists, strict=True) if ids[-1] < 0)
@@ -145,28 +155,27 @@ def _all_used(ids: np.ndarray, used: np.ndarray, k: int) -> bool:
 
 
 _FREE_K = 64  # items kept per stuck row (see least_similar_assignment)
-_TENTATIVE_ROWS = 128  # rows whose screened picks are made at once (Screened.tentative_picks)
+# Rows screened, and their picks made, at once (Screener.lists, Screened.tentative_picks): larger blocks cost fewer
+# calls, but their later rows find more of their items taken by the block's earlier rows; 512 was fastest at 20,000.
+_SCREENED_ROWS = 512
 
 
-def _stuck_rows(i: int, first: np.ndarray | Screened, more: dict, used: np.ndarray, limit: int) -> list[int]:
+def _stuck_rows(i: int, taken: Callable, more: dict, used: np.ndarray, limit: int) -> list[int]:
     """Row i plus later rows whose candidates are all, or nearly all, used already: they would each need the same
     help, and one matrix product for all of them costs about what one row's does (a single row is a memory-bound
     matrix-vector product; at 20,000 rows, stuck rows handled one by one took longer than the first search).
 
-    Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget."""
+    Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget;
+    `taken(i, limit)`: the share of each such row's first candidates already used."""
     limit = max(1, limit)
-    stop = min(len(first), i + 4 * limit)
-    if isinstance(first, Screened):
-        taken = first.taken_share(i, stop, used)
-    else:
-        taken = used[np.maximum(first[i:stop], 0)].mean(axis=1)
+    share = taken(i, limit)
     for j, ids in more.items():
-        if i <= j < stop:
+        if i <= j < i + len(share):
             valid = ids[ids >= 0]
-            taken[j - i] = used[valid].mean() if len(valid) else 1.0
+            share[j - i] = used[valid].mean() if len(valid) else 1.0
     # "Nearly": at most an eighth still free. Such a row gets the same pick from either list (its first free
     # candidate is the least similar free item either way), so including it early costs only its share of the product.
-    order = np.argsort(-taken, kind="stable")[: np.count_nonzero(taken >= 7 / 8)]
+    order = np.argsort(-share, kind="stable")[: np.count_nonzero(share >= 7 / 8)]
     return [i] + [i + int(o) for o in order if o != 0][: limit - 1]
 
 
@@ -174,8 +183,7 @@ def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows)
     """For each of `rows`, its least similar corpus items that are free and not blocked for it, ascending: at least
     `_FREE_K` besides its forbidden items (kept in the list; the walk skips them). A list that holds every such item
     ends in -1. Only free items are searched: late in the walk, when most stuck rows occur, few are. FAISS's flat search
-    keeps a heap per row: at 20,000 rows it took half the time of a matrix product followed by torch.topk (and less
-    than screening the free items with ragtune.screen, whose lists then ran out sooner)."""
+    keeps a heap per row: at 20,000 rows it took half the time of a matrix product followed by torch.topk."""
     lists: list[np.ndarray] = [np.empty(0)] * len(rows)
     groups: dict[int, list[int]] = {}  # rows with one blocked mask (none, or the held-out passages) share a search
     for position, r in enumerate(rows):
@@ -228,29 +236,29 @@ def least_similar_k(config: MiningConfig, n: int) -> int:
 
 def least_similar_candidates(
     row_vectors: np.ndarray, corpus_vectors: np.ndarray, config: MiningConfig, stats: dict
-) -> tuple[Search | None, np.ndarray | Screened, int]:
-    """The first search of a least-similar walk: (the search for refills, each row's candidates, k).
+) -> tuple[Search | None, np.ndarray | Screener, int]:
+    """What a least-similar walk starts from: (the search for refills, each row's candidates, k).
 
-    With exact search, a bfloat16 screen (ragtune.screen) when `config.screen` says so (auto: on CPUs with AMX tiles,
-    from `_SCREEN_MIN` passages; no FAISS index is built then, the walk's refills build their own), else FAISS's k
-    least similar items per row."""
+    With exact search, a `Screener` when `config.screen` says so (auto: on CPUs with AMX tiles, from `_SCREEN_MIN`
+    passages): the walk then screens each block of rows in bfloat16 as it reaches it, and no FAISS index is built
+    (refills build their own over the free items). Else FAISS's k least similar items per row."""
     n = len(corpus_vectors)
     k = least_similar_k(config, n)
     if uses_exact_search(config, n) and (
         config.screen == "on" or (config.screen == "auto" and n >= _SCREEN_MIN and screen.available())
     ):
         stats["index"] = {"type": "exact", "screen": "bfloat16"}
-        return None, screen_least_similar(row_vectors, corpus_vectors, _SCREEN_K), k
+        return None, Screener(corpus_vectors, _SCREEN_K), k
     search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
     return search, search(-row_vectors, k)[1], k
 
 
-# Below this many passages FAISS's float32 search is about as fast as the screen (measured: benchmarks/mining.py).
-_SCREEN_MIN = 8192
-# Screened lists hold at least this many items per row. Deeper than FAISS's 128: the last items of a screened list
-# serve only to prove a pick (an unlisted item may be within the rounding bound), and at 20,000 rows 160 halved the
-# refill searches for a tenth more screening time.
-_SCREEN_K = 160
+# Below this many passages FAISS's float32 search is as fast as the screen (`benchmarks/mining.py --rows 2000
+# --screen on|off`: 0.06 s vs 0.05 s; at 5,000 rows 0.12 s vs 0.15 s).
+_SCREEN_MIN = 4096
+# Items per row a screened block lists. Lists hold free items only and serve only the rows of their block, so they
+# can be short; at 20,000 rows 32 was fastest (16: refills; 64+: longer lists to select and sort).
+_SCREEN_K = 32
 
 
 def candidate_search(corpus_vectors: np.ndarray, config: MiningConfig, probe: np.ndarray, k: int, stats) -> Search:

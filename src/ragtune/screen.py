@@ -1,13 +1,15 @@
-"""Each row's least similar corpus items from a bfloat16 product, with a proven bound on how far they are from float32.
+"""Least similar corpus items from a bfloat16 product, with a proven bound on how far it is from float32.
 
 Why by hand: FAISS's exact search runs the float32 product, which at 20,000 rows is the whole cost of least-similar
 mining on a CPU, and no library offers a low-precision search that stays exact. On CPUs with AMX tiles a bfloat16
 product runs several times faster than float32; its rounding is bounded (inputs to 8 significant bits, float32
 accumulation, output to 8 bits), so a screened score `s` is within `error + RELATIVE * |s|` of the float32 score.
-Each row keeps every item that screens at or below a per-row threshold (`bound`), which is at least its `k`-th
-lowest screened score; items not kept all screen above it. The least-similar walk then rescores in float32 only the
-few kept items whose bounds overlap the best one (`Screened.pick`), and falls back to an exact search when an
-unlisted item could still win, so the picks are the float32 picks.
+
+`Screener.lists` screens a block of rows against the items a walk has not used yet: each row keeps every item that
+screens at or below a per-row threshold (`bound`), which is at least its `k`-th lowest screened score, so every item
+not kept screens above it. The walk then rescores in float32 only the few kept items whose bounds overlap the lowest
+free one (`Screened.pick`, `Screened.tentative_picks`) and asks an exact search when an unlisted item could still
+win: its picks are the float32 picks.
 
 The threshold comes without sorting a row: items are grouped (`group` strided columns, then `supergroup` groups),
 the group minima are reduced with elementwise minima, and the `k`-th smallest super-group minimum is an upper bound
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RELATIVE = 2.0**-8 / (1 - 2.0**-8)  # bfloat16 output rounding, relative to the rounded value
+_BLOCK_BYTES = 32 << 20  # scores of one block of rows: 256 rows at 20,000 items; fastest at 100,000 too
 
 
 def available() -> bool:
@@ -50,9 +53,13 @@ class Screened:
 
     def taken_share(self, start: int, stop: int, used: np.ndarray) -> np.ndarray:
         """Per row in [start, stop): the share of its listed items already used."""
-        lo = self.offsets[start:stop]
-        taken = np.add.reduceat(used[self.ids[lo[0] : self.offsets[stop]]], lo - lo[0])
-        return taken / np.diff(self.offsets[start : stop + 1])
+        counts = np.diff(self.offsets[start : stop + 1])
+        taken = np.ones(stop - start)  # a row with no items is as stuck as one whose items are all taken
+        listed = np.flatnonzero(counts)
+        if len(listed):
+            at = self.offsets[start + listed]
+            taken[listed] = np.add.reduceat(used[self.ids[at[0] : self.offsets[stop]]], at - at[0]) / counts[listed]
+        return taken
 
     def pick(
         self,
@@ -81,7 +88,7 @@ class Screened:
                 s = float(scores[j])
                 limit = s + e + RELATIVE * abs(s)
                 t = float(self.bound[i])
-                if limit >= t - e - RELATIVE * abs(t):  # an unlisted item may score as low
+                if t != np.inf and limit >= t - e - RELATIVE * abs(t):  # an unlisted item may score as low
                     return None
             else:
                 s = float(scores[j])
@@ -131,10 +138,15 @@ class Screened:
             marked[list(suspects)] = True
             for at in np.flatnonzero(marked[ids] & ok).tolist():
                 ok[at] = int(ids[at]) not in forbidden[start + int(row[at])]
-        lowest = np.minimum.reduceat(np.where(ok, scores, np.inf), starts)
+        lowest = np.full(stop - start, np.inf)
+        listed = np.flatnonzero(np.diff(self.offsets[start : stop + 1]))
+        if len(listed):  # reduceat over the listed rows only: an empty row would read its neighbour's first item
+            lowest[listed] = np.minimum.reduceat(np.where(ok, scores, np.inf), starts[listed])
         error, bound = self.error[start:stop], self.bound[start:stop]
         limit = lowest + error + RELATIVE * np.abs(lowest)
-        provable = np.isfinite(lowest) & (limit < bound - error - RELATIVE * np.abs(bound))
+        with np.errstate(invalid="ignore"):  # an infinite bound (every free item listed) proves every pick
+            floor = np.where(np.isinf(bound), np.inf, bound - error - RELATIVE * np.abs(bound))
+        provable = np.isfinite(lowest) & (limit < floor)
         window = np.flatnonzero(ok & provable[row] & (scores - error[row] - RELATIVE * np.abs(scores) <= limit[row]))
         picks = np.full(stop - start, -1, dtype=np.int64)
         if not len(window):
@@ -147,60 +159,91 @@ class Screened:
         return picks
 
 
-def screen_least_similar(
-    row_vectors: np.ndarray,
-    corpus_vectors: np.ndarray,
-    k: int = 128,
-    block: int = 256,
-    group: int = 4,
-    supergroup: int = 16,
-) -> Screened:
-    """For each row, every corpus item whose bfloat16-screened similarity is at or below a threshold that is at
-    least the row's k-th lowest. Rows are screened `block` at a time (256 rows: the block's scores stay in cache
-    between the product and the minima, measured fastest at 20,000 rows). Corpora under 2 * group * supergroup * k
-    items skip the grouping (the threshold is then the k-th lowest score itself)."""
-    import torch
+class Screener:
+    """Screens rows against the corpus items a least-similar walk has not used yet, a block of rows at a time as the
+    walk reaches them: the lists then hold free items only, so they stay short, and the product shrinks as items are
+    used (the free items are packed again whenever an eighth of the packed ones has been used since).
 
-    n, dim = corpus_vectors.shape
-    k = min(k, n)
-    if n < group * supergroup * k:
-        group = supergroup = 1
-    x = torch.from_numpy(np.ascontiguousarray(row_vectors, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(corpus_vectors, dtype=np.float32))
-    xb, yb = x.bfloat16(), y.bfloat16()
-    error = _additive_error(x, xb, y, yb)
-    unit = group * supergroup
-    padded = -(-n // unit) * unit
-    corpus_t = torch.zeros(dim, padded, dtype=torch.bfloat16)
-    corpus_t[:, :n] = yb.T
-    del yb
-    width = padded // group  # group j holds the columns j, j + width, j + 2 * width, ...
-    strides = torch.arange(group) * width
-    out = _Growing(len(xb) * k * 3 // 2)
-    bound = np.empty(len(xb), dtype=np.float32)
-    s = torch.empty(min(block, len(xb)), padded, dtype=torch.bfloat16)
-    for start in range(0, len(xb), block):
-        s = torch.mm(xb[start : start + block], corpus_t, out=s[: min(block, len(xb) - start)])
-        s[:, n:] = float("inf")
-        group_min = _strided_min(s, group)
-        threshold = _strided_min(group_min, supergroup).float().topk(k, largest=False, sorted=False).values.amax(1)
-        threshold = threshold.bfloat16()
-        rows, groups = (group_min <= threshold[:, None]).nonzero(as_tuple=True)
-        columns = groups[:, None] + strides
-        values = s.view(-1)[(rows * padded)[:, None] + columns]  # one flat index: faster than a (rows, cols) pair
-        keep = (values <= threshold[rows][:, None]).view(-1).nonzero().squeeze(1)
-        row_of = rows[torch.div(keep, group, rounding_mode="floor")].int()
-        value = values.view(-1)[keep]
-        order = (row_of * 65536 + _sortable(value)).argsort()  # by row, then by score within the row
-        out.add(
-            torch.bincount(row_of, minlength=len(s)).numpy(),
-            columns.view(-1)[keep][order].int().numpy(),
-            value[order].float().numpy(),
-        )
-        bound[start : start + len(s)] = threshold.float().numpy()
-    offsets, ids, scores = out.arrays()
-    bound[np.diff(offsets) == n] = np.inf
-    return Screened(offsets, ids, scores, bound, error)
+    Lists hold at least `k` items per row (fewer only when fewer are free). Items are grouped for the threshold when
+    at least 2 * group * supergroup * k are packed (so that k super-groups hold a free item), else the threshold is
+    the k-th lowest score itself. Rows are screened `block` at a time: 256 rows keep a block's scores in cache
+    between the product and the minima, measured fastest at 20,000 rows."""
+
+    def __init__(self, corpus_vectors: np.ndarray, k: int = 64, group: int = 4, supergroup: int = 16, block: int = 256):
+        import torch
+
+        self.corpus_bf16 = torch.from_numpy(np.ascontiguousarray(corpus_vectors, dtype=np.float32)).bfloat16()
+        residual, norm, norm_bf16 = _norms(torch.from_numpy(np.asarray(corpus_vectors, dtype=np.float32)), None)
+        self.corpus_norms = (residual.max(), norm.max(), norm_bf16.max())  # maxima bound every subset too
+        self.k, self.group, self.supergroup, self.block = k, group, supergroup, block
+        self._items = np.empty(0, dtype=np.int64)  # corpus ids of the packed columns
+        self._packed = None
+        self._used_when_packed = -1
+
+    def lists(self, row_vectors: np.ndarray, used: np.ndarray) -> Screened:
+        """Each row's screened least similar items among those not `used` (ids are corpus indices)."""
+        import torch
+
+        taken = int(used.sum())
+        if (
+            self._packed is None
+            or taken < self._used_when_packed
+            or 8 * (taken - self._used_when_packed) > len(self._items)
+        ):
+            self._pack(used)
+        n, padded = len(self._items), self._packed.shape[0]
+        stale = np.flatnonzero(used[self._items])  # packed items used since
+        free = n - len(stale)
+        k = min(self.k, free)
+        group, supergroup = (self.group, self.supergroup) if n >= 2 * self.group * self.supergroup * k else (1, 1)
+        x = torch.from_numpy(np.ascontiguousarray(row_vectors, dtype=np.float32))
+        xb = x.bfloat16()
+        error = _additive_error(x, xb, self.corpus_norms)
+        out = _Growing(len(xb) * (k * 3 // 2 + 1))
+        bound = np.full(len(xb), np.inf, dtype=np.float32)
+        if k == 0:
+            out.add(np.zeros(len(xb), dtype=np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
+        stale_columns = torch.from_numpy(stale)
+        width = padded // group  # group j holds the columns j, j + width, j + 2 * width, ...
+        strides = torch.arange(group) * width
+        block = max(16, min(self.block, _BLOCK_BYTES // (2 * padded)))  # a block's scores stay in cache
+        s = torch.empty(min(block, len(xb)), padded, dtype=torch.bfloat16)
+        for start in range(0, len(xb) if k else 0, block):
+            s = torch.mm(xb[start : start + block], self._packed.T, out=s[: min(block, len(xb) - start)])
+            s[:, n:] = float("inf")
+            if len(stale):
+                s.index_fill_(1, stale_columns, float("inf"))
+            group_min = _strided_min(s, group)
+            threshold = _strided_min(group_min, supergroup).float().topk(k, largest=False, sorted=False).values
+            threshold = threshold.amax(1).bfloat16()
+            rows, groups = (group_min <= threshold[:, None]).nonzero(as_tuple=True)
+            columns = groups[:, None] + strides
+            values = s.view(-1)[(rows * padded)[:, None] + columns]  # one flat index: faster than (rows, cols)
+            keep = (values <= threshold[rows][:, None]).view(-1).nonzero().squeeze(1)
+            row_of = rows[torch.div(keep, group, rounding_mode="floor")].int()
+            value = values.view(-1)[keep]
+            order = (row_of * 65536 + _sortable(value)).argsort()  # by row, then by score within the row
+            out.add(
+                torch.bincount(row_of, minlength=len(s)).numpy(),
+                self._items[columns.view(-1)[keep][order].numpy()].astype(np.int32),
+                value[order].float().numpy(),
+            )
+            bound[start : start + len(s)] = threshold.float().numpy()
+        offsets, ids, scores = out.arrays()
+        bound[np.diff(offsets) == free] = np.inf  # every free item is listed
+        return Screened(offsets, ids, scores, bound, error)
+
+    def _pack(self, used: np.ndarray) -> None:
+        import torch
+
+        self._items = np.flatnonzero(~used)
+        unit = self.group * self.supergroup
+        padded = max(unit, -(-len(self._items) // unit) * unit)
+        self._packed = None  # the old packing goes before the new one is made
+        packed = torch.zeros(padded, self.corpus_bf16.shape[1], dtype=torch.bfloat16)
+        torch.index_select(self.corpus_bf16, 0, torch.from_numpy(self._items), out=packed[: len(self._items)])
+        self._packed = packed
+        self._used_when_packed = int(used.sum())
 
 
 class _Growing:
@@ -251,26 +294,28 @@ def _sortable(values):
     return torch.where(bits >= 0x8000, 0xFFFF - bits, bits + 0x8000)
 
 
-def _additive_error(x, xb, y, yb) -> np.ndarray:
+def _additive_error(x, xb, corpus_norms: tuple[float, float, float]) -> np.ndarray:
     """Per row: a bound on |x.y - float32 x.y| plus |x.y - bfloat16 product before output rounding|, for every corpus y.
 
     x.y - xb.yb = (x - xb).y + xb.(y - yb), bounded by Cauchy-Schwarz with each vector's own rounding residual
     (exact in float32: the bits bfloat16 dropped); float32 sums of d products (ours and the reference's) are each
-    within d * 2^-24 of |x| |y|. 1% slack covers the float32 arithmetic of the norms."""
+    within d * 2^-24 of |x| |y|. `corpus_norms`: the corpus's largest residual, norm and bfloat16 norm. 1% slack
+    covers the float32 arithmetic of the norms."""
     residual_x, norm_x, norm_xb = _norms(x, xb)
-    residual_y, norm_y, norm_yb = (a.max() for a in _norms(y, yb))
+    residual_y, norm_y, norm_yb = corpus_norms
     dim = x.shape[1]
     gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
     bound = residual_x * norm_y + norm_xb * residual_y + gamma * (norm_xb * norm_yb + norm_x * norm_y)
     return 1.01 * bound + 1e-7
 
 
-def _norms(v, vb, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _norms(v, vb=None, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per vector: |v - bfloat16(v)|, |v|, |bfloat16(v)|, a chunk at a time (float32 copies of the whole set are
     what would set the miner's peak memory)."""
     out = np.empty((3, len(v)), dtype=np.float64)
     for s in range(0, len(v), chunk):
-        a, b = v[s : s + chunk], vb[s : s + chunk].float()
+        a = v[s : s + chunk]
+        b = (a.bfloat16() if vb is None else vb[s : s + chunk]).float()
         out[0, s : s + chunk] = (a - b).norm(dim=1).numpy()
         out[1, s : s + chunk] = a.norm(dim=1).numpy()
         out[2, s : s + chunk] = b.norm(dim=1).numpy()
