@@ -4,7 +4,8 @@ Strategies (`MiningConfig.strategy`):
 - `least-similar`: the classic recipe. Each row gets the passage least similar to its positive, unique across rows,
   assigned greedily in row order. Candidates come from a FAISS search with the negated vector (the k *least* similar),
   so memory is O(N*k); rows whose k candidates are all taken get, together, lists of the least similar items
-  still free.
+  still free. On CPUs with AMX tiles the exact search is a bfloat16 screen of each block of rows against the free
+  items, with float32 rescoring wherever bfloat16 could misorder them (ragtune.screen): the same picks, faster.
 - `hard`: passages the base model (or a cross-encoder, when given) ranks high for the query, from a rank window,
   minus anything that is a positive of that query or has the same normalised text as one, optionally minus
   candidates above a score margin or too close to a positive.
@@ -34,7 +35,6 @@ from ragtune import screen
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, normalise
 from ragtune.embeddings import Encoder
-from ragtune.screen import Screener
 from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
@@ -67,7 +67,7 @@ def least_similar_assignment(
     blocked: list[np.ndarray | None] | None = None,
     search: Search | None = None,
     approximate: bool = False,
-    candidates: np.ndarray | Screener | None = None,
+    candidates: np.ndarray | screen.Screener | None = None,
 ) -> tuple[list[int], int]:
     """For each row, the least similar corpus item not used by an earlier row and not forbidden for it.
 
@@ -92,7 +92,7 @@ def least_similar_assignment(
             return search_chunked(index, q, kk, exclude)
 
     blocked = blocked or [None] * m
-    screener = candidates if isinstance(candidates, Screener) else None
+    screener = candidates if isinstance(candidates, screen.Screener) else None
     if screener is None:
         first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
     more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when computed
@@ -236,7 +236,7 @@ def least_similar_k(config: MiningConfig, n: int) -> int:
 
 def least_similar_candidates(
     row_vectors: np.ndarray, corpus_vectors: np.ndarray, config: MiningConfig, stats: dict
-) -> tuple[Search | None, np.ndarray | Screener, int]:
+) -> tuple[Search | None, np.ndarray | screen.Screener, int]:
     """What a least-similar walk starts from: (the search for refills, each row's candidates, k).
 
     With exact search, a `Screener` when `config.screen` says so (auto: on CPUs with AMX tiles, from `_SCREEN_MIN`
@@ -248,7 +248,7 @@ def least_similar_candidates(
         config.screen == "on" or (config.screen == "auto" and n >= _SCREEN_MIN and screen.available())
     ):
         stats["index"] = {"type": "exact", "screen": "bfloat16"}
-        return None, Screener(corpus_vectors, _SCREEN_K), k
+        return None, screen.Screener(corpus_vectors, _SCREEN_K), k
     search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
     return search, search(-row_vectors, k)[1], k
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RELATIVE = 2.0**-8 / (1 - 2.0**-8)  # bfloat16 output rounding, relative to the rounded value
-_BLOCK_BYTES = 32 << 20  # scores of one block of rows: 256 rows at 20,000 items; fastest at 100,000 too
+_BLOCK_BYTES = 32 << 20  # one block's scores (256 rows of 20,000 items); at 100,000 items 32 MB beat 4-16 and 64
 
 
 def available() -> bool:
@@ -166,14 +166,15 @@ class Screener:
 
     Lists hold at least `k` items per row (fewer only when fewer are free). Items are grouped for the threshold when
     at least 2 * group * supergroup * k are packed (so that k super-groups hold a free item), else the threshold is
-    the k-th lowest score itself. Rows are screened `block` at a time: 256 rows keep a block's scores in cache
-    between the product and the minima, measured fastest at 20,000 rows."""
+    the k-th lowest score itself. Rows are screened at most `block` at a time, fewer when a block's scores would
+    pass `_BLOCK_BYTES`, so that they stay in cache between the product and the passes over them."""
 
     def __init__(self, corpus_vectors: np.ndarray, k: int = 64, group: int = 4, supergroup: int = 16, block: int = 256):
         import torch
 
-        self.corpus_bf16 = torch.from_numpy(np.ascontiguousarray(corpus_vectors, dtype=np.float32)).bfloat16()
-        residual, norm, norm_bf16 = _norms(torch.from_numpy(np.asarray(corpus_vectors, dtype=np.float32)), None)
+        corpus = torch.from_numpy(np.ascontiguousarray(corpus_vectors, dtype=np.float32))
+        self.corpus_bf16 = corpus.bfloat16()
+        residual, norm, norm_bf16 = _norms(corpus, self.corpus_bf16)
         self.corpus_norms = (residual.max(), norm.max(), norm_bf16.max())  # maxima bound every subset too
         self.k, self.group, self.supergroup, self.block = k, group, supergroup, block
         self._items = np.empty(0, dtype=np.int64)  # corpus ids of the packed columns
@@ -309,13 +310,12 @@ def _additive_error(x, xb, corpus_norms: tuple[float, float, float]) -> np.ndarr
     return 1.01 * bound + 1e-7
 
 
-def _norms(v, vb=None, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _norms(v, vb, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per vector: |v - bfloat16(v)|, |v|, |bfloat16(v)|, a chunk at a time (float32 copies of the whole set are
     what would set the miner's peak memory)."""
     out = np.empty((3, len(v)), dtype=np.float64)
     for s in range(0, len(v), chunk):
-        a = v[s : s + chunk]
-        b = (a.bfloat16() if vb is None else vb[s : s + chunk]).float()
+        a, b = v[s : s + chunk], vb[s : s + chunk].float()
         out[0, s : s + chunk] = (a - b).norm(dim=1).numpy()
         out[1, s : s + chunk] = a.norm(dim=1).numpy()
         out[2, s : s + chunk] = b.norm(dim=1).numpy()
