@@ -194,3 +194,12 @@ def test_the_window_reaches_every_item_whose_bound_overlaps_the_lowest():
     lists.bound[:] = 0.52
     assert lists.pick(0, np.zeros(3, dtype=bool), {0, 1}, None, row[0], corpus) is None
     assert lists.tentative_picks(0, 1, np.zeros(3, dtype=bool), [{0, 1}], [None], row, corpus).tolist() == [-1]
+
+
+@pytest.mark.parametrize("screened", [True, False])
+def test_identical_passages_tie_to_the_lower_id_like_a_stable_sort(screened):
+    v = _clustered(600, seed=2)
+    v[[100, 300, 500]] = v[40]  # four copies of one passage: every row scores them exactly alike
+    candidates = Screener(v, k=8) if screened else None  # else FAISS's search, which orders ties its own way
+    chosen, _ = least_similar_assignment(v, v, [{i} for i in range(len(v))], k=8, candidates=candidates)
+    assert chosen == classic_least_similar(v)  # argsort(kind="stable"): among equal scores the lowest index first

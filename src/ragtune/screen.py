@@ -99,7 +99,7 @@ class Screened:
             window.append(c)
         if len(window) <= 1:
             return window[0] if window else None
-        return window[int(np.argmin(corpus_vectors[window] @ vector))]
+        return min(zip((corpus_vectors[window] @ vector).tolist(), window, strict=True))[1]  # a tie: the lower id
 
     def tentative_picks(
         self,
@@ -152,7 +152,7 @@ class Screened:
         if not len(window):
             return picks
         exact = np.einsum("ij,ij->i", corpus_vectors[ids[window]], row_vectors[start + row[window]])
-        order = np.lexsort((exact, row[window]))
+        order = np.lexsort((ids[window], exact, row[window]))  # per row by score; a tie goes to the lower id
         rows_in_order = row[window][order]
         first = np.flatnonzero(np.r_[True, rows_in_order[1:] != rows_in_order[:-1]])
         picks[rows_in_order[first]] = ids[window][order][first]
