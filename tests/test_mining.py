@@ -278,3 +278,19 @@ def test_passages_of_the_same_document_group_are_never_negatives():
         if r.query_id == "q3":
             assert not {"p1", "p2"} & set(r.negative_ids)
     assert result.stats["candidates_removed"]["same_group_as_positive"] >= 2
+
+
+def test_search_gives_equal_scores_in_id_order_and_missing_results_last():
+    from ragtune.search import flat_index, search_chunked
+
+    v = _vectors(50, seed=9)
+    v[[7, 30, 45]] = v[12]  # four copies: every query scores them exactly alike
+    scores, ids = search_chunked(flat_index(v), v[[12, 3]], 50)
+    for row_scores, row_ids in zip(scores, ids, strict=True):
+        assert np.all(np.diff(row_scores) <= 0)
+        copies = [int(i) for i in row_ids if i in (7, 12, 30, 45)]
+        assert copies == [7, 12, 30, 45]
+    exclude = np.ones(50, dtype=bool)
+    exclude[[7, 12, 30]] = False  # only three items may be returned: the other slots are missing (-1), at the end
+    _, ids = search_chunked(flat_index(v), v[[12]], 5, exclude)
+    assert ids[0].tolist() == [7, 12, 30, -1, -1]

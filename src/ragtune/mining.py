@@ -94,7 +94,7 @@ def least_similar_assignment(
     blocked = blocked or [None] * m
     screener = candidates if isinstance(candidates, screen.Screener) else None
     if screener is None:
-        first = candidates if candidates is not None else _ascending(*search(-row_vectors, min(k, n)))
+        first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
     more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when computed
     complete: set[int] = set()  # rows whose exact list holds every free item they may take
     used = np.zeros(n, dtype=bool)
@@ -135,7 +135,7 @@ def least_similar_assignment(
                 break
             if approximate and (i not in more or _all_used(more[i], used, k)):
                 rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (12 * k))
-                more.update(zip(rows, _ascending(*search(-row_vectors[rows], k, used)), strict=True))
+                more.update(zip(rows, search(-row_vectors[rows], k, used)[1], strict=True))
                 complete.difference_update(rows)
             else:
                 rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (4 * max(1, n - int(used.sum()))))
@@ -146,13 +146,6 @@ def least_similar_assignment(
         used[pick] = True
         chosen.append(pick)
     return chosen, reused
-
-
-def _ascending(negated_scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """A search of negated vectors as least-similar lists: ids by ascending similarity, and among equal scores
-    (copies of one passage) the lower id first, as a stable sort of the similarities would have them (FAISS orders
-    ties its own way). Missing results (-1) stay last."""
-    return np.take_along_axis(ids, np.lexsort((ids, -negated_scores), axis=-1), axis=-1)
 
 
 def _all_used(ids: np.ndarray, used: np.ndarray, k: int) -> bool:
@@ -200,7 +193,7 @@ def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows)
         free = np.flatnonzero(~used if mask is None else ~(used | mask))
         # Room for the row's forbidden items (the walk skips them) so every list still offers _FREE_K others.
         k = min(len(free), _FREE_K + max(len(forbidden[rows[p]]) for p in positions))
-        ids = _ascending(*search_chunked(flat_index(corpus_vectors[free]), -vectors[positions], k)) if k else None
+        ids = search_chunked(flat_index(corpus_vectors[free]), -vectors[positions], k)[1] if k else None
         for at, p in enumerate(positions):
             items = free[ids[at]] if k else free
             lists[p] = np.append(items, -1) if k == len(free) else items  # -1: no free item is left beyond these
@@ -257,7 +250,7 @@ def least_similar_candidates(
         stats["index"] = {"type": "exact", "screen": "bfloat16"}
         return None, screen.Screener(corpus_vectors, _SCREEN_K), k
     search = candidate_search(corpus_vectors, config, -row_vectors, k, stats)
-    return search, _ascending(*search(-row_vectors, k)), k
+    return search, search(-row_vectors, k)[1], k
 
 
 # Below this many passages FAISS's float32 search is as fast as the screen (`benchmarks/mining.py --rows 2000

@@ -30,7 +30,8 @@ def search_chunked(
     index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inner-product top-k, a chunk of queries at a time so scores never exceed chunk x k. `exclude`: a boolean
-    mask of items never returned (missing results are id -1)."""
+    mask of items never returned (missing results are id -1, last). Equal scores (copies of one passage) come in id
+    order, as a stable sort would give them, so results do not depend on how FAISS orders ties."""
     import faiss
 
     k = min(k, index.ntotal)
@@ -48,7 +49,10 @@ def search_chunked(
         )
     for start in range(0, len(queries), _SEARCH_CHUNK):
         chunk = np.ascontiguousarray(queries[start : start + _SEARCH_CHUNK], dtype=np.float32)
-        scores[start : start + len(chunk)], ids[start : start + len(chunk)] = index.search(chunk, k, params=params)
+        found_scores, found_ids = index.search(chunk, k, params=params)
+        order = np.lexsort((found_ids, -found_scores), axis=-1)
+        scores[start : start + len(chunk)] = np.take_along_axis(found_scores, order, axis=-1)
+        ids[start : start + len(chunk)] = np.take_along_axis(found_ids, order, axis=-1)
     return scores, ids
 
 
