@@ -152,7 +152,7 @@ def test_a_pick_is_the_float32_argmin_or_none_never_a_guess():
     np.fill_diagonal(allowed, np.inf)
     lowest = allowed.min(axis=1)
     one = [lists.pick(i, used, forbidden[i], None, v[i], v) for i in range(len(v))]
-    many = lists.tentative_picks(0, len(v), used, forbidden, [None] * len(v), v, v)
+    many = lists.tentative_picks(used, forbidden, [None] * len(v), v, v)
     # The lowest float32 score, up to float32 rounding (near-copies can tie within it; bfloat16 misorders by ~1e-3).
     assert all(p is None or allowed[i, p] <= lowest[i] + 1e-5 for i, p in enumerate(one))
     assert all(p < 0 or allowed[i, p] <= lowest[i] + 1e-5 for i, p in enumerate(many.tolist()))
@@ -185,7 +185,7 @@ def test_the_window_reaches_every_item_whose_bound_overlaps_the_lowest():
     )
     used = np.zeros(3, dtype=bool)
     assert lists.pick(0, used, set(), None, row[0], corpus) == 1
-    assert lists.tentative_picks(0, 1, used, [set()], [None], row, corpus).tolist() == [1]
+    assert lists.tentative_picks(used, [set()], [None], row, corpus).tolist() == [1]
     # Once item 1 is taken, item 0 is the pick; with items 0 and 1 forbidden, item 2 (listed, below the bound) is.
     used[1] = True
     assert lists.pick(0, used, set(), None, row[0], corpus) == 0
@@ -193,7 +193,7 @@ def test_the_window_reaches_every_item_whose_bound_overlaps_the_lowest():
     # A bound within reach of the lowest free item: an unlisted item could score lower, so no pick is claimed.
     lists.bound[:] = 0.52
     assert lists.pick(0, np.zeros(3, dtype=bool), {0, 1}, None, row[0], corpus) is None
-    assert lists.tentative_picks(0, 1, np.zeros(3, dtype=bool), [{0, 1}], [None], row, corpus).tolist() == [-1]
+    assert lists.tentative_picks(np.zeros(3, dtype=bool), [{0, 1}], [None], row, corpus).tolist() == [-1]
 
 
 @pytest.mark.parametrize("screened", [True, False])

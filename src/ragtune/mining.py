@@ -120,7 +120,7 @@ def least_similar_assignment(
             at, stop = i, min(m, i + _SCREENED_ROWS)
             screened = screener.lists(row_vectors[at:stop], used)
             tentative = screened.tentative_picks(
-                0, stop - at, used, forbidden[at:stop], blocked[at:stop], row_vectors[at:stop], corpus_vectors
+                used, forbidden[at:stop], blocked[at:stop], row_vectors[at:stop], corpus_vectors
             )
         # A tentative pick stands unless an earlier row took that item since; then the row is asked again below.
         pick = int(tentative[i - at]) if screener is not None and i not in more else -1

@@ -103,55 +103,51 @@ class Screened:
 
     def tentative_picks(
         self,
-        start: int,
-        stop: int,
         used: np.ndarray,
         forbidden: list[set[int]],
         blocked: list[np.ndarray | None],
         row_vectors: np.ndarray,
         corpus_vectors: np.ndarray,
     ) -> np.ndarray:
-        """`pick` for rows [start, stop) at once, all against `used` as it is now (-1 where `pick` gives None).
+        """`pick` for every row at once, all against `used` as it is now (-1 where `pick` gives None).
 
         Free items only get fewer, so row j's pick is still its pick when the walk reaches it unless an earlier row
         took that very item: the walk takes it after that one check, and asks `pick` only for the rest (the
         per-row Python of `pick` was most of the walk's time)."""
-        lo = self.offsets[start]
-        ids = self.ids[lo : self.offsets[stop]]
-        scores = self.scores[lo : self.offsets[stop]]
-        starts = self.offsets[start:stop] - lo
-        row = np.repeat(np.arange(stop - start), np.diff(self.offsets[start : stop + 1]))
+        ids, scores, starts = self.ids, self.scores, self.offsets[:-1]
+        rows = len(self)
+        row = np.repeat(np.arange(rows), np.diff(self.offsets))
         ok = ~used[ids]
         masks: dict[int, tuple[np.ndarray, list[int]]] = {}
-        for r in range(start, stop):
+        for r in range(rows):
             if blocked[r] is not None:
-                masks.setdefault(id(blocked[r]), (blocked[r], []))[1].append(r - start)
-        for mask, rows in masks.values():
-            in_rows = np.zeros(stop - start, dtype=bool)
-            in_rows[rows] = True
+                masks.setdefault(id(blocked[r]), (blocked[r], []))[1].append(r)
+        for mask, members in masks.values():
+            in_rows = np.zeros(rows, dtype=bool)
+            in_rows[members] = True
             at = np.flatnonzero(in_rows[row])
             ok[at] &= ~mask[ids[at]]
         # A forbidden set is a row's positives and the like: few items, so only candidates among them are checked.
-        suspects = set().union(*forbidden[start:stop])
+        suspects = set().union(*forbidden)
         if suspects:
             marked = np.zeros(len(used), dtype=bool)
             marked[list(suspects)] = True
             for at in np.flatnonzero(marked[ids] & ok).tolist():
-                ok[at] = int(ids[at]) not in forbidden[start + int(row[at])]
-        lowest = np.full(stop - start, np.inf)
-        listed = np.flatnonzero(np.diff(self.offsets[start : stop + 1]))
+                ok[at] = int(ids[at]) not in forbidden[int(row[at])]
+        lowest = np.full(rows, np.inf)
+        listed = np.flatnonzero(np.diff(self.offsets))
         if len(listed):  # reduceat over the listed rows only: an empty row would read its neighbour's first item
             lowest[listed] = np.minimum.reduceat(np.where(ok, scores, np.inf), starts[listed])
-        error, bound = self.error[start:stop], self.bound[start:stop]
+        error, bound = self.error, self.bound
         limit = lowest + error + RELATIVE * np.abs(lowest)
         with np.errstate(invalid="ignore"):  # an infinite bound (every free item listed) proves every pick
             floor = np.where(np.isinf(bound), np.inf, bound - error - RELATIVE * np.abs(bound))
         provable = np.isfinite(lowest) & (limit < floor)
         window = np.flatnonzero(ok & provable[row] & (scores - error[row] - RELATIVE * np.abs(scores) <= limit[row]))
-        picks = np.full(stop - start, -1, dtype=np.int64)
+        picks = np.full(rows, -1, dtype=np.int64)
         if not len(window):
             return picks
-        exact = np.einsum("ij,ij->i", corpus_vectors[ids[window]], row_vectors[start + row[window]])
+        exact = np.einsum("ij,ij->i", corpus_vectors[ids[window]], row_vectors[row[window]])
         order = np.lexsort((ids[window], exact, row[window]))  # per row by score; a tie goes to the lower id
         rows_in_order = row[window][order]
         first = np.flatnonzero(np.r_[True, rows_in_order[1:] != rows_in_order[:-1]])
