@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.errors import RagtuneError
+from ragtune.outputs import atomic_open
 from ragtune.search import Document, load_documents
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s")
@@ -93,9 +94,8 @@ def chunk_corpus(
     path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
     tokenizer.model_max_length = 1 << 30  # whole documents are tokenized on purpose, to be cut here
-    out.parent.mkdir(parents=True, exist_ok=True)
     n_chunks = longest = 0
-    with out.open("w", encoding="utf-8") as f:
+    with atomic_open(out) as f:
         for doc in documents:
             for c in chunk_document(doc, tokenizer, max_tokens, overlap):
                 record = {**c.metadata, "id": c.id, "text": c.text, "doc_id": c.doc_id, "chunk": c.chunk}

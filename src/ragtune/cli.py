@@ -26,6 +26,7 @@ from ragtune.config import (
     load_config,
 )
 from ragtune.errors import RagtuneError
+from ragtune.outputs import check_file_output, write_json, write_text
 
 app = typer.Typer(
     help="Fine-tune an embedding model on your own domain data and measure whether retrieval got better.",
@@ -247,6 +248,9 @@ def evaluate_cmd(
     from ragtune.report import metrics_table
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
+    for target in (output_json, markdown):
+        if target:  # before the work, so a finished evaluation is never lost to an unwritable path
+            check_file_output(target, [data])
     models = {m: m for m in model}
     result = evaluate_stage(
         models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
@@ -258,10 +262,9 @@ def evaluate_cmd(
     typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
     typer.echo(table)
     if output_json:
-        output_json.parent.mkdir(parents=True, exist_ok=True)
-        output_json.write_text(json.dumps({s: result["metrics"][s] for s in systems}, indent=2))
+        write_json(output_json, {s: result["metrics"][s] for s in systems})
     if markdown:
-        markdown.write_text(table + "\n")
+        write_text(markdown, table + "\n")
 
 
 @app.command("compare")
@@ -285,6 +288,8 @@ def compare_cmd(
     from ragtune.report import comparison_table, metrics_table
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
+    if output_json:
+        check_file_output(output_json, [data])
     result = compare_stage(
         models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
     )
@@ -294,8 +299,7 @@ def compare_cmd(
     typer.echo("")
     typer.echo(comparison_table(comparisons))
     if output_json:
-        output_json.parent.mkdir(parents=True, exist_ok=True)
-        output_json.write_text(json.dumps(result, indent=2))
+        write_json(output_json, result)
 
 
 @app.command("train")
@@ -481,21 +485,13 @@ def index_cmd(
 ) -> None:
     """Encode a corpus into a persisted FAISS index plus a document store (ids, texts, metadata)."""
     from ragtune.embeddings import Encoder
-    from ragtune.search import Index, load_documents
+    from ragtune.search import index_corpus
 
-    documents = load_documents(corpus, text_column, id_column)
     encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend)
+    index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column)
     if add:
-        index = Index.load(out)
-        added = index.add(encoder, documents)
-        typer.echo(
-            f"added {added} new documents ({len(documents) - added} already indexed); {out} holds "
-            f"{len(index.documents)}"
-        )
+        typer.echo(f"added {added} new documents ({seen - added} already indexed); {out} holds {len(index.documents)}")
         return
-    if (out / "index.json").exists():
-        raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
-    index = Index.build(encoder, documents, out)
     typer.echo(f"indexed {len(index.documents)} documents into {out}")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ragtune.embeddings import resolve_model
 from ragtune.errors import RagtuneError
+from ragtune.outputs import write_json
 
 FILES = {"onnx": "model.onnx", "onnx-int8": "model_qint8.onnx"}
 PROBE = [
@@ -161,7 +162,7 @@ def export_onnx(model: str | Path, quantize: str | None = None, min_cosine: floa
             nodes_to_exclude=exclude,
         )
         report["onnx-int8"] = _verify(folder, "onnx-int8", reference, min_cosine)
-    (out_dir / "ragtune_export.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "ragtune_export.json", report)
     return report
 
 

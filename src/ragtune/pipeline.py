@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.mining import Row, mine
+from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_jsonl, write_text
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 
 console = Console()
@@ -56,7 +56,13 @@ def stage_done(folder: Path, key: str) -> bool:
 
 
 def mark_done(folder: Path, key: str) -> None:
-    (folder / STAGE_FILE).write_text(json.dumps({"key": key}))
+    write_json(folder / STAGE_FILE, {"key": key}, indent=None)
+
+
+def mark_stale(folder: Path) -> None:
+    """Forget that a stage finished, before it starts again: a crash mid-stage must not leave the old marker over
+    new, half-written outputs."""
+    (folder / STAGE_FILE).unlink(missing_ok=True)
 
 
 # ---- stages, each usable on its own ---------------------------------------------------------------------------
@@ -73,9 +79,8 @@ def prepare_stage(config: DataConfig, out: Path) -> data_mod.PairData:
         config.sample_seed,
         config.group_column,
     )
-    if out.exists():
-        shutil.rmtree(out)
-    data_mod.save_beir(data, out)
+    with replace_folder(out, "prepared", [config.path]) as new:
+        data_mod.save_beir(data, new)
     return data
 
 
@@ -86,7 +91,7 @@ def synth_stage(config: SynthConfig, model: str, out: Path) -> dict[str, Any]:
 
     if not Path(config.corpus).exists():
         raise RagtuneError(f"synth.corpus not found: {config.corpus}")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "synth", [config.corpus])
     corpus, text_column, id_column = Path(config.corpus), config.text_column, config.id_column
     stats: dict[str, Any] = {}
     if config.chunk_tokens:
@@ -96,7 +101,7 @@ def synth_stage(config: SynthConfig, model: str, out: Path) -> dict[str, Any]:
         corpus, text_column, id_column = out / "chunks.jsonl", "text", "id"
     made = synth_offline(corpus, list(config.methods), out / "pairs.jsonl", config.seed, text_column, id_column)
     stats["synth"] = made.to_dict()
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(out / "stats.json", stats)
     console.print(f"synthetic pairs: {stats}", markup=False)
     return stats
 
@@ -121,14 +126,12 @@ def mine_stage(
     needs_model = config.strategy in ("least-similar", "hard")
     encoder = Encoder(base_model, cache_dir, max_seq_length, config.batch_size) if needs_model else None
     result = mine(data, encoder, config, held_out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "rows.jsonl").open("w") as f:
-        for r in result.rows:
-            f.write(json.dumps(asdict(r)) + "\n")
     meta = {"prepared": str(prepared.resolve()), "stats": result.stats}
     if held_out is not None:
         meta["split"] = {"settings": split.assignment(), "method": method, "ids": split_ids}
-    (out / "stats.json").write_text(json.dumps(meta, indent=2))
+    with replace_folder(out, "mined", [prepared]) as new:
+        write_jsonl(new / "rows.jsonl", (asdict(r) for r in result.rows))
+        write_json(new / "stats.json", meta)
     return result.stats
 
 
@@ -167,8 +170,6 @@ def split_stage(
     split_ids, method = (recorded["ids"], recorded["method"]) if recorded else split_queries(data, config)
     vectors = Encoder(model, cache_dir, max_seq_length, show_progress=False).encode if model else None
     leakage = leakage_report(data, split_ids, vectors, config.near_duplicate_cosine)
-    if out.exists():
-        shutil.rmtree(out)
     extra = {
         "split_method": method,
         "mining": mining_stats,
@@ -177,8 +178,9 @@ def split_stage(
     }
     if cache_dir is not None:
         extra["cache_dir"] = str(Path(cache_dir).resolve())
-    save_splits(data, rows, split_ids, out, extra)
-    (out / "leakage.json").write_text(json.dumps(leakage, indent=2))
+    with replace_folder(out, "data", [mined]) as new:
+        save_splits(data, rows, split_ids, new, extra)
+        write_json(new / "leakage.json", leakage)
     console.print(f"leakage across splits: {leakage['summary']} (details in {out / 'leakage.json'})", markup=False)
     if config.push_to_hub:
         push_to_hub(out, config.push_to_hub)
@@ -286,6 +288,7 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
         console.print(f"[green]✓ {name}[/green] (up to date, skipped)")
         return False
     console.rule(f"[bold]{name}")
+    mark_stale(folder)
     work()
     folder.mkdir(parents=True, exist_ok=True)
     mark_done(folder, key)
@@ -294,10 +297,11 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
 
 def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [config.data.path, config.synth.corpus if config.synth else None]
+    claim_folder(out, "run", inputs)
     cache = out / "cache"
     resolved_yaml = yaml.safe_dump(config.model_dump(), sort_keys=False)
-    (out / "config.yaml").write_text(resolved_yaml)
+    write_text(out / "config.yaml", resolved_yaml)
     base = resolve_model(config.base_model)
     base_key = model_fingerprint(base)
     seq = config.evaluate.max_seq_length
@@ -375,7 +379,7 @@ def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConf
         if data.splits.get(split):
             results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps(results))
+    write_json(folder / "result.json", results, indent=None)
 
 
 def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
@@ -384,9 +388,9 @@ def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
     # Checkpoints from a run with other settings or data must not be resumed.
     owner = out / "checkpoints" / "ragtune_key.txt"
     if owner.exists() and owner.read_text() != key:
-        shutil.rmtree(out / "checkpoints")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    owner.write_text(key)
+        remove_own_folder(out / "checkpoints")
+    claim_folder(out / "checkpoints", "checkpoints")
+    write_text(owner, key)
     result = train(base, out / "data", out, config.train, resume=True)
     info = {
         "steps": result.steps,
@@ -394,4 +398,4 @@ def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
         "best_checkpoint": result.best_checkpoint,
         "resumed_from": result.resumed_from,
     }
-    (out / "model" / "ragtune_train.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "model" / "ragtune_train.json", info)

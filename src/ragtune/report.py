@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.metrics import METRICS
+from ragtune.outputs import write_json, write_text
 from ragtune.significance import Comparison, compare, mean_ci
 
 HEADLINE = "ndcg@10"
@@ -204,7 +205,7 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
     }
     if data.methods:
         summary["by_method"] = by_method(per_query, data.methods, systems)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     table = metrics_table(metrics, systems, {"triplet accuracy": triplet})
     context = {
         **summary,
@@ -290,7 +291,7 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
         "```",
         "",
     ]
-    path.write_text("\n".join(out))
+    write_text(path, "\n".join(out))
     return path
 
 
@@ -299,4 +300,4 @@ def _model_card_section(model_dir: Path, table: str, comparisons: str, conclusio
     marker = "\n## ragtune evaluation\n"
     text = card.read_text().split(marker)[0] if card.exists() else ""
     body = f"\nHeld-out test queries, searched over the full corpus.\n\n{table}\n\n{comparisons}\n\n{conclusion}\n"
-    card.write_text(text + marker + body)
+    write_text(card, text + marker + body)

@@ -11,6 +11,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ragtune.outputs import write_text
+
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px}
@@ -160,5 +162,5 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
                 f"<div><b>base</b>{_hits(m['base_top'])}</div><div><b>tuned</b>{_hits(m['tuned_top'])}</div></div>"
             )
     parts += ["<h2>Configuration</h2>", f"<pre>{e(c['config_yaml'])}</pre>", "</body></html>"]
-    path.write_text("\n".join(parts))
+    write_text(path, "\n".join(parts))
     return path

@@ -14,6 +14,7 @@ import numpy as np
 from ragtune.data import DATA_MARKER, _read_frame, _read_jsonl, detect_format, text_id
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
+from ragtune.outputs import check_no_overlap, claim_folder, replace_folder, write_json, write_jsonl
 
 _SEARCH_CHUNK = 2048
 
@@ -213,8 +214,7 @@ class Index:
 
     @classmethod
     def build(cls, encoder: Encoder, documents: list[Document], folder: str | Path) -> Index:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = claim_folder(folder, "index")  # before the encoding: a user's own folder fails at once
         vectors = encoder.encode([d.text for d in documents], desc="encoding documents")
         meta = {
             "model": encoder.model_name,
@@ -226,7 +226,7 @@ class Index:
             "similarity": "cosine",
         }
         index = cls(folder, meta, flat_index(vectors), documents)
-        index._write(documents, append=False)
+        index._write()
         return index
 
     @classmethod
@@ -281,17 +281,18 @@ class Index:
                 self.position[d.id] = len(self.documents)
                 self.documents.append(d)
             self.meta["count"] = len(self.documents)
-            self._write(new, append=True)
+            self._write()
         return len(new)
 
-    def _write(self, documents: list[Document], append: bool) -> None:
+    def _write(self) -> None:
+        """Write the whole index as a new folder beside the old one and swap: a reader or a crash sees the old
+        version or the new one, never documents without their vectors."""
         import faiss
 
-        with (self.folder / "docs.jsonl").open("a" if append else "w", encoding="utf-8") as f:
-            for d in documents:
-                f.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
-        faiss.write_index(self.vectors, str(self.folder / "index.faiss"))
-        (self.folder / INDEX_META).write_text(json.dumps(self.meta, indent=2))
+        with replace_folder(self.folder, "index") as new:
+            write_jsonl(new / "docs.jsonl", (asdict(d) for d in self.documents))
+            faiss.write_index(self.vectors, str(new / "index.faiss"))
+            write_json(new / INDEX_META, self.meta)
 
     def search(self, query_vectors: np.ndarray, k: int = 10, filters: dict | None = None) -> list[list[Hit]]:
         """Top-k per query; `filters` keeps documents whose metadata equals every given value."""
@@ -324,3 +325,25 @@ def search_index(
     encoder = index.query_encoder(show_progress)
     vectors = encoder.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
     return index.search(vectors, k, filters)
+
+
+def index_corpus(
+    encoder: Encoder,
+    corpus: str | Path,
+    out: str | Path,
+    add: bool = False,
+    text_column: str = "text",
+    id_column: str = "id",
+) -> tuple[Index, int, int]:
+    """Build an index of `corpus` in `out`, or with `add` append its new documents to the index there.
+
+    Returns the index, how many documents were added, and how many the corpus holds."""
+    out = Path(out)
+    check_no_overlap(out, [corpus])
+    documents = load_documents(corpus, text_column, id_column)
+    if add:
+        index = Index.load(out)
+        return index, index.add(encoder, documents), len(documents)
+    if (out / INDEX_META).exists():
+        raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
+    return Index.build(encoder, documents, out), len(documents), len(documents)

@@ -8,6 +8,7 @@ of 32 texts in little more time than one. User inputs never go through the on-di
 # No `from __future__ import annotations` here: FastAPI reads the request models' annotations at runtime.
 import asyncio
 import base64
+import hmac
 import json
 import os
 import time
@@ -53,15 +54,29 @@ class Batcher:
             texts = [t for batch, _ in jobs for t in batch]
             try:
                 vectors = await asyncio.to_thread(self._encode, texts)
-            except Exception as err:  # hand the failure to every waiting request
-                for _, future in jobs:
-                    future.set_exception(err)
+            except Exception:
+                # One request's input must not fail the others gathered with it: each is encoded alone, and only
+                # the one that fails again gets the error.
+                await self._one_by_one(jobs)
                 continue
             self.batches += 1
             start = 0
             for batch, future in jobs:
-                future.set_result(vectors[start : start + len(batch)])
+                if not future.done():  # its caller may have gone away
+                    future.set_result(vectors[start : start + len(batch)])
                 start += len(batch)
+
+    async def _one_by_one(self, jobs: list) -> None:
+        for batch, future in jobs:
+            try:
+                vectors = await asyncio.to_thread(self._encode, batch)
+            except Exception as err:
+                if not future.done():
+                    future.set_exception(err)
+                continue
+            self.batches += 1
+            if not future.done():
+                future.set_result(vectors)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.encoder.model.encode(
@@ -97,9 +112,14 @@ def create_app(
     cache_dir: str | Path | None = None,
 ):
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from pydantic import BaseModel, Field
 
+    key = api_key if api_key is not None else os.environ.get("RAGTUNE_API_KEY")
+    if key is not None and not key.strip():
+        raise RagtuneError(
+            "the API key (RAGTUNE_API_KEY) is set but empty; set a real key, or unset it to serve without"
+        )
     index = Index.load(index_dir)
     tuned = index.query_encoder(show_progress=False)
     systems: dict[str, tuple[Batcher, Index]] = {"tuned": (Batcher(tuned, batch_wait_ms), index)}
@@ -111,22 +131,50 @@ def create_app(
     for batcher, _ in systems.values():
         _ = batcher.encoder.model  # load now: /health answers only once the first request will be fast
     relevant = _relevance(data, index.documents)
-    key = api_key if api_key is not None else os.environ.get("RAGTUNE_API_KEY")
-    app = FastAPI(title="ragtune", version="1")
-    app.state.systems = systems
+    dim = int(index.meta["dim"])
 
     def authorised(request: Request) -> None:
-        if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        # Constant-time comparison: the time taken must not tell how much of a guessed key was right.
+        given = request.headers.get("authorization", "").encode()
+        if key and not hmac.compare_digest(given, f"Bearer {key}".encode()):
             raise HTTPException(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
 
+    # With a key, the API's own description is behind it too; without one, FastAPI's usual pages.
+    docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if key else {}
+    app = FastAPI(title="ragtune", version="1", **docs)
+    app.state.systems = systems
+
+    @app.exception_handler(HTTPException)
+    async def openai_error(request: Request, err: HTTPException) -> JSONResponse:
+        # OpenAI's error shape, which its clients parse; FastAPI's `detail` kept for other callers.
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        body = {"error": {"message": str(err.detail), "type": kind, "code": err.status_code}, "detail": err.detail}
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
     def check_inputs(texts: list[str]) -> None:
+        """Each request's texts are checked here, before they join a batch shared with other requests."""
         if not texts:
             raise HTTPException(422, "input is empty")
         if len(texts) > max_inputs:
             raise HTTPException(413, f"{len(texts)} inputs in one request; the limit is {max_inputs}")
         for i, t in enumerate(texts):
+            if not t.strip():
+                raise HTTPException(422, f"input {i} is empty")
             if len(t) > max_chars:
                 raise HTTPException(413, f"input {i} has {len(t)} characters; the limit is {max_chars}")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise HTTPException(
+                    422, f"input {i} is not valid text ({err.reason} at character {err.start})"
+                ) from None
+
+    def system(name: str | None) -> str:
+        if name is None:
+            return "tuned"
+        if name not in systems:
+            raise HTTPException(404, f"the model '{name}' does not exist; served models: {', '.join(systems)}")
+        return name
 
     class EmbeddingRequest(BaseModel):
         input: str | list[str]
@@ -142,7 +190,11 @@ def create_app(
         model: str = "tuned"
 
     @app.get("/health")
-    def health() -> dict:
+    def health(request: Request) -> dict:
+        try:
+            authorised(request)
+        except HTTPException:
+            return {"status": "ok"}  # a liveness probe needs no key; the details do
         return {
             "status": "ok",
             "documents": len(index.documents),
@@ -160,11 +212,15 @@ def create_app(
         check_inputs(texts)
         if body.encoding_format not in ("float", "base64"):
             raise HTTPException(422, "encoding_format must be 'float' or 'base64'")
-        name = body.model if body.model in systems else "tuned"
+        if body.dimensions is not None and not 1 <= body.dimensions <= dim:
+            raise HTTPException(422, f"dimensions must be between 1 and {dim}")
+        name = system(body.model)
         batcher = systems[name][0]
         vectors = await batcher.encode(texts)
-        if body.dimensions:
+        if body.dimensions is not None and body.dimensions < dim:
+            # As OpenAI's API does: the shortened vector is normalised again, so dot products stay cosines.
             vectors = vectors[:, : body.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         tokenizer = batcher.encoder.model.tokenizer
         limit = batcher.encoder.model.max_seq_length
         tokens = sum(min(limit, len(ids)) for ids in tokenizer(texts)["input_ids"])
@@ -177,16 +233,14 @@ def create_app(
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-            "model": body.model or name,
+            "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
     @app.post("/search", dependencies=[Depends(authorised)])
     async def search(body: SearchRequest) -> dict:
         check_inputs([body.query])
-        if body.model not in systems:
-            raise HTTPException(422, f"model must be one of {list(systems)}")
-        batcher, idx = systems[body.model]
+        batcher, idx = systems[system(body.model)]
         vectors = await batcher.encode([body.query])
         hits = idx.search(vectors, body.k, body.filters)[0]
         marked = relevant.get(normalise(body.query), set())

@@ -13,7 +13,6 @@ report can break results down by method.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ragtune.errors import RagtuneError
+from ragtune.outputs import write_jsonl
 from ragtune.search import Document, load_documents
 
 OFFLINE_METHODS = ("title", "ict", "crop")
@@ -151,10 +151,7 @@ def synthesize(documents: list[Document], methods: list[str], seed: int = 42) ->
 
 def write_pairs(pairs: list[Pair], out: Path) -> None:
     """JSONL with query, passage, method, doc_id: `ragtune prepare`/`run` read it directly."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
-        for p in pairs:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    write_jsonl(out, (asdict(p) for p in pairs))
 
 
 def synth_offline(

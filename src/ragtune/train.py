@@ -21,6 +21,7 @@ from ragtune.config import TrainConfig
 from ragtune.data import load_ragtune_data
 from ragtune.embeddings import load_model
 from ragtune.errors import RagtuneError
+from ragtune.outputs import claim_folder, replace_folder, write_json
 
 BEST_METRIC = "eval_validation_cosine_ndcg@10"
 
@@ -354,7 +355,7 @@ def train(
     if config.adapter == "lora":
         add_lora(model, config)
     evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims)
-    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint_dir = claim_folder(output_dir / "checkpoints", "checkpoints")
     args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
     trainer = SentenceTransformerTrainer(
         model=model,
@@ -370,11 +371,14 @@ def train(
     history = trainer.state.log_history
     wrote = trainer.is_world_process_zero()
     if wrote:  # other ranks hold the same weights; one writer avoids torn files
+        # Each folder is built beside the old one and swapped in: a crash never leaves half a model.
         if config.adapter == "lora":
-            trainer.model.save(str(output_dir / "adapter"))
+            with replace_folder(output_dir / "adapter", "adapter") as new:
+                trainer.model.save(str(new))
             merge_lora(trainer.model, base_model, output_dir / "adapter", config.max_seq_length)
-        trainer.model.save(str(model_dir))
-        (model_dir / "training_log.json").write_text(json.dumps(history, indent=2))
+        with replace_folder(model_dir, "model") as new:
+            trainer.model.save(str(new))
+            write_json(new / "training_log.json", history)
     return TrainResult(
         model_dir=model_dir,
         log_history=history,

@@ -1,0 +1,302 @@
+"""A hostile-but-realistic user: outputs pointed at inputs and at their own folders, crashes mid-write, bad requests.
+
+Every bad input must end in one line naming the file or folder and exit status 2, leave the user's files as they
+were, and leave nothing half-written that a re-run would trust.
+"""
+
+import asyncio
+import contextlib
+import io
+import json
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+from conftest import write_jsonl
+from helpers import toy_rows
+from typer.testing import CliRunner
+
+from ragtune import pipeline
+from ragtune.cli import app, main
+from ragtune.errors import RagtuneError
+from ragtune.outputs import MARKER, claim_folder, replace_folder, write_json
+
+runner = CliRunner()
+
+
+def _fails_cleanly(args, *names):
+    """Run the real entry point (`ragtune.cli.main`, which turns errors into exit codes) in this process."""
+    err = io.StringIO()
+    argv = mock.patch.object(sys, "argv", ["ragtune", *map(str, args)])
+    with argv, contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main()
+    message = err.getvalue().strip()
+    assert exit_.value.code == 2, message
+    assert message.count("\n") == 0 and "Traceback" not in message, message
+    for name in names:
+        assert str(name) in message, message
+    return message
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_never_deletes_its_own_input(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    src = write_jsonl(data / "pairs.jsonl", toy_rows(10))
+    before = _snapshot(data)
+    _fails_cleanly(["prepare", src, "--out", data], data)
+    assert _snapshot(data) == before
+
+
+def test_prepare_refuses_a_users_folder_but_replaces_its_own(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(10))
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    _fails_cleanly(["prepare", src, "--out", mine], mine)
+    assert (mine / "thesis.txt").read_text() == "years of work"
+
+    out = tmp_path / "prepared"
+    assert runner.invoke(app, ["prepare", str(src), "--out", str(out)]).exit_code == 0
+    (out / "stale.txt").write_text("from an earlier version")
+    write_jsonl(src, toy_rows(12))
+    assert runner.invoke(app, ["prepare", str(src), "--out", str(out)]).exit_code == 0
+    assert not (out / "stale.txt").exists()  # replaced as a whole: ragtune made it
+    assert len((out / "queries.jsonl").read_text().splitlines()) == 12
+    assert not list(tmp_path.glob(".prepared.*"))  # no temporary folder left beside it
+
+
+def test_out_that_is_a_file_or_inside_the_input(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(10))
+    _fails_cleanly(["prepare", src, "--out", src], src)
+    assert src.read_text().count("\n") == 10
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    write_jsonl(beir / "corpus.jsonl", [{"_id": "p1", "text": "a passage"}])
+    write_jsonl(beir / "queries.jsonl", [{"_id": "q1", "text": "a question"}])
+    (beir / "qrels").mkdir()
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tp1\t1\n")
+    _fails_cleanly(["prepare", beir, "--out", beir / "prepared"], beir)
+    assert not (beir / "prepared").exists()
+
+
+def test_run_with_output_dir_holding_the_users_data(tmp_path, monkeypatch):
+    """`output_dir: .` beside `data/pairs.jsonl` once deleted the user's data folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    src = write_jsonl(tmp_path / "data" / "pairs.jsonl", toy_rows(10))
+    (tmp_path / "run.yaml").write_text(f"output_dir: .\ndata:\n  path: {src}\n")
+    before = _snapshot(tmp_path)
+    _fails_cleanly(["run", tmp_path / "run.yaml"], "output")
+    assert _snapshot(tmp_path) == before
+
+
+def test_split_refuses_a_users_folder(tmp_path, tiny_model):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(20))
+    assert runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "prep")]).exit_code == 0
+    mined = ["mine", tmp_path / "prep", "--out", tmp_path / "mined", "--strategy", "random"]
+    assert runner.invoke(app, [str(a) for a in mined]).exit_code == 0
+    users = tmp_path / "results"
+    users.mkdir()
+    (users / "keep.csv").write_text("a,b\n")
+    _fails_cleanly(["split", tmp_path / "mined", "--out", users], users)
+    assert (users / "keep.csv").read_text() == "a,b\n"
+
+
+def test_output_json_that_is_a_folder_fails_before_the_work(tmp_path):
+    folder = tmp_path / "out.json"
+    folder.mkdir()
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(10))
+    # The model does not exist: had the output been checked after the work, this would name the model instead.
+    _fails_cleanly(["evaluate", "--model", tmp_path / "no-model", "--data", src, "--output-json", folder], folder)
+
+
+def test_legacy_run_folders_stay_replaceable(tmp_path):
+    """A run made before the marker existed is still recognised as ragtune's own."""
+    run = tmp_path / "run"
+    (run / "prepared").mkdir(parents=True)
+    (run / "config.yaml").write_text("output_dir: run\n")
+    (run / "prepared" / pipeline.STAGE_FILE).write_text('{"key": "x"}')
+    claim_folder(run, "run")
+    assert (run / MARKER).exists()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.yaml").write_text("mine")
+    with pytest.raises(RagtuneError, match="not made by ragtune"):
+        claim_folder(user, "run")
+
+
+def test_a_failed_rebuild_keeps_the_old_folder(tmp_path):
+    folder = tmp_path / "out"
+    with replace_folder(folder, "test") as new:
+        write_json(new / "v.json", 1)
+    with pytest.raises(OSError), replace_folder(folder, "test") as new:
+        write_json(new / "v.json", 2)
+        raise OSError("disk full")
+    assert json.loads((folder / "v.json").read_text()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_stage_forgets_it_was_done_before_it_starts(tmp_path):
+    """A run killed mid-stage must re-run that stage, not trust the marker of the previous version."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    pipeline.mark_done(folder, "old-key")
+
+    def crash():
+        (folder / "weights.bin").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._stage("train", folder, "new-key", crash)
+    assert not pipeline.stage_done(folder, "old-key")
+    assert not pipeline.stage_done(folder, "new-key")
+    ran = []
+    assert pipeline._stage("train", folder, "new-key", lambda: ran.append(1))
+    assert ran == [1] and pipeline.stage_done(folder, "new-key")
+
+
+def test_index_add_that_crashes_keeps_the_old_index(tmp_path, tiny_model, monkeypatch):
+    import faiss
+
+    from ragtune.embeddings import Encoder
+    from ragtune.search import Index, index_corpus
+
+    encoder = Encoder(tiny_model, tmp_path / "cache", show_progress=False)
+    docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 3}"} for i in range(12)]
+    first = write_jsonl(tmp_path / "first.jsonl", docs[:8])
+    every = write_jsonl(tmp_path / "all.jsonl", docs)
+    index_corpus(encoder, first, tmp_path / "idx")
+    before = _snapshot(tmp_path / "idx")
+
+    def disk_full(*args):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    with pytest.raises(OSError):
+        index_corpus(encoder, every, tmp_path / "idx", add=True)
+    assert _snapshot(tmp_path / "idx") == before
+    assert len(Index.load(tmp_path / "idx").documents) == 8
+    monkeypatch.undo()
+    _, added, _ = index_corpus(encoder, every, tmp_path / "idx", add=True)
+    assert added == 4 and len(Index.load(tmp_path / "idx").documents) == 12
+
+
+def test_index_refuses_a_users_folder(tmp_path, tiny_model):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "one passage"}])
+    users = tmp_path / "vectors"
+    users.mkdir()
+    (users / "mine.npy").write_bytes(b"x")
+    _fails_cleanly(["index", tiny_model, corpus, "--out", users], users)
+    assert (users / "mine.npy").read_bytes() == b"x"
+
+
+# ---- the server ------------------------------------------------------------------------------------------------
+
+
+class _Flaky:
+    """An encoder whose model call fails on any batch holding a poisoned text, like a tokenizer on a bad string."""
+
+    batch_size = 8
+
+    class model:  # noqa: N801 - stands in for a SentenceTransformer
+        @staticmethod
+        def encode(texts, **kwargs):
+            if any("poison" in t for t in texts):
+                raise ValueError("tokenizer failed")
+            return np.ones((len(texts), 4), dtype=np.float32) * np.arange(len(texts))[:, None]
+
+
+def test_one_bad_request_does_not_fail_its_batch():
+    from ragtune.serve import Batcher
+
+    async def go():
+        batcher = Batcher(_Flaky(), wait_ms=50, max_batch=64)
+        texts = [["a"], ["b", "c"], ["poison"], ["d"]]
+        return await asyncio.gather(*(batcher.encode(t) for t in texts), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert isinstance(results[2], ValueError)
+    for i in (0, 1, 3):
+        assert isinstance(results[i], np.ndarray), results[i]
+    assert [len(r) for r in (results[0], results[1], results[3])] == [1, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    from test_serve import DOCS, Server
+
+    from ragtune.embeddings import Encoder
+    from ragtune.search import Index, load_documents
+    from ragtune.serve import create_app
+
+    folder = tmp_path_factory.mktemp("hostile")
+    corpus = write_jsonl(folder / "corpus.jsonl", DOCS)
+    Index.build(Encoder(tiny_model, folder / "cache", show_progress=False), load_documents(corpus), folder / "index")
+    with Server(create_app(folder / "index", batch_wait_ms=30)) as s:
+        yield s
+
+
+def test_a_lone_surrogate_fails_only_its_own_request(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def post(i):
+        text = "x \ud800" if i % 5 == 0 else f"question {i}"
+        body = json.dumps({"input": text}).encode()  # json escapes the surrogate, as a client in any language would
+        r = httpx.post(f"{served.url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        return i, r.status_code, r.json()
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(post, range(30)))
+    for i, status, body in results:
+        if i % 5 == 0:
+            assert status == 422 and "input 0" in body["error"]["message"], body
+        else:
+            assert status == 200, body
+    body = json.dumps({"query": "x \ud800 y"}).encode()
+    search = httpx.post(f"{served.url}/search", content=body, headers={"content-type": "application/json"})
+    assert search.status_code == 422
+
+
+def test_dimensions_models_and_empty_inputs(served):
+    import httpx
+
+    url = f"{served.url}/v1/embeddings"
+    for bad in (-300, 0, 10_000):
+        assert httpx.post(url, json={"input": "bones", "dimensions": bad}).status_code == 422
+    short = httpx.post(url, json={"input": "bones", "dimensions": 8}).json()["data"][0]["embedding"]
+    assert len(short) == 8 and abs(np.linalg.norm(short) - 1) < 1e-5
+    unknown = httpx.post(url, json={"input": "bones", "model": "gpt-4"})
+    assert unknown.status_code == 404 and "gpt-4" in unknown.json()["error"]["message"]
+    assert httpx.post(url, json={"input": "bones", "model": "tuned"}).json()["model"] == "tuned"
+    assert httpx.post(url, json={"input": ""}).status_code == 422
+    assert httpx.post(url, json={"input": []}).status_code == 422
+    assert httpx.post(f"{served.url}/search", json={"query": "   "}).status_code == 422
+    assert httpx.post(f"{served.url}/search", json={"query": "heart", "model": "nope"}).status_code == 404
+
+
+def test_an_api_key_guards_the_descriptions_too(tiny_model, tmp_path, monkeypatch):
+    import httpx
+    from test_serve import Server
+
+    from ragtune.embeddings import Encoder
+    from ragtune.search import Index, load_documents
+    from ragtune.serve import create_app
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "one passage"}])
+    Index.build(Encoder(tiny_model, tmp_path / "cache", show_progress=False), load_documents(corpus), tmp_path / "i")
+    with Server(create_app(tmp_path / "i", api_key="s3cret")) as s:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(f"{s.url}{path}").status_code in (401, 404), path
+        assert httpx.get(f"{s.url}/health").json() == {"status": "ok"}
+        auth = {"authorization": "Bearer s3cret"}
+        assert httpx.get(f"{s.url}/health", headers=auth).json()["documents"] == 1
+    monkeypatch.setenv("RAGTUNE_API_KEY", "  ")
+    with pytest.raises(RagtuneError, match="empty"):
+        create_app(tmp_path / "i")
