@@ -300,3 +300,78 @@ def test_an_api_key_guards_the_descriptions_too(tiny_model, tmp_path, monkeypatc
     monkeypatch.setenv("RAGTUNE_API_KEY", "  ")
     with pytest.raises(RagtuneError, match="empty"):
         create_app(tmp_path / "i")
+
+
+# ---- one line and exit 2, never a traceback -------------------------------------------------------------------
+
+
+def test_a_non_utf8_line_is_named_or_skipped_and_counted(tmp_path):
+    src = tmp_path / "pairs.jsonl"
+    good = "".join(json.dumps(r) + "\n" for r in toy_rows(5))
+    src.write_bytes(good.encode() + b'{"query": "caf\xe9", "passage": "p"}\n')
+    _fails_cleanly(["prepare", src, "--out", tmp_path / "o"], f"{src}: line 6", "not UTF-8")
+    from ragtune.data import load_pairs
+
+    data = load_pairs(src, skip_bad_rows=True)
+    assert data.stats.bad_rows_skipped == 1 and len(data.qrels) == 5
+
+
+def test_unreadable_inputs_and_bad_model_weights(tmp_path, tiny_model):
+    import os
+    import shutil
+
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(5))
+    if os.geteuid() != 0:  # root reads anything; the check only means something for other users
+        src.chmod(0)
+        _fails_cleanly(["prepare", src, "--out", tmp_path / "o"], src)
+        src.chmod(0o644)
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    for weights in broken.rglob("model.safetensors"):
+        weights.write_bytes(b"not a tensor file")
+    _fails_cleanly(["evaluate", "--model", broken, "--data", src], broken, "weights")
+
+
+def test_out_under_a_file_and_empty_or_duplicate_yaml(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(5))
+    _fails_cleanly(["prepare", src, "--out", src / "sub"], src)
+    (tmp_path / "empty.yaml").write_text("")
+    _fails_cleanly(["run", tmp_path / "empty.yaml"], "empty.yaml", "empty")
+    (tmp_path / "twice.yaml").write_text(f"data:\n  path: {src}\n  path: other.jsonl\n")
+    _fails_cleanly(["run", tmp_path / "twice.yaml"], "twice.yaml", "duplicate key 'path'")
+
+
+def test_csv_keeps_words_like_nan_and_reads_tsv_by_tabs(tmp_path):
+    from ragtune.data import load_pairs
+
+    (tmp_path / "p.csv").write_text("query,passage\nNaN,Nan is a flat bread\nwhat is NA,None\n")
+    data = load_pairs(tmp_path / "p.csv")
+    assert sorted(data.queries.values()) == ["NaN", "what is NA"] and "None" in data.corpus.values()
+    (tmp_path / "e.csv").write_text("query,passage\nq,\n")
+    _fails_cleanly(["prepare", tmp_path / "e.csv", "--out", tmp_path / "o"], "row 2", "passage")
+    (tmp_path / "p.tsv").write_text("query\tpassage\nwhat, then?\tcommas, inside, text\n")
+    data = load_pairs(tmp_path / "p.tsv")
+    assert list(data.queries.values()) == ["what, then?"] and list(data.corpus.values()) == ["commas, inside, text"]
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAGTUNE_DEBUG", "1")
+    argv = mock.patch.object(sys, "argv", ["ragtune", "run", str(tmp_path / "missing.yaml")])
+    with argv, pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_serve_without_the_extra_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name, *args, **kwargs):
+        if name == "uvicorn":
+            raise ImportError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    _fails_cleanly(["serve", tmp_path / "index"], "ragtune[serve]")

@@ -652,10 +652,21 @@ def main() -> None:
     try:
         app()
     except RagtuneError as err:
-        if os.environ.get("RAGTUNE_DEBUG"):
+        _fail(str(err), err.exit_code)
+    except OSError as err:
+        # An unreadable, missing or unwritable path met deep inside a library: name it, in one line.
+        if err.filename is None:
             raise
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(err.exit_code)
+        _fail(f"{err.filename}: {err.strerror or err}", 2)
+
+
+def _fail(message: str, code: int) -> None:
+    if os.environ.get("RAGTUNE_DEBUG"):
+        import traceback
+
+        traceback.print_exc()  # the traceback for whoever debugs, the exit code for whatever scripts call us
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

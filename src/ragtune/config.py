@@ -29,6 +29,20 @@ class DataConfig(Settings):
     group_column: str | None = Field(None, description="Rows sharing this column's value stay in one split.")
     max_pairs: int | None = Field(None, ge=1, description="Keep a seeded sample of this many pairs (whole queries).")
     sample_seed: int = 42
+    corpus: str | None = Field(
+        None,
+        description="The passages your users search (BEIR folder, or JSONL/CSV/Parquet with text_column): they join "
+        "the evaluation corpus and the mining pool, and `adapt` methods learn from them.",
+    )
+    corpus_text_column: str = Field("text", description="Text column of a corpus file.")
+    user_queries: str | None = Field(
+        None,
+        description="Unlabelled questions as your users write them (BEIR folder, or a file with a `text` column): "
+        "`adapt.methods: [pseudo]` pairs them with passages of data.corpus. Their labels are never read.",
+    )
+    user_queries_split: str | None = Field(
+        None, description="BEIR user_queries: take only the queries listed in qrels/<split>.tsv (e.g. dev)."
+    )
 
 
 class SynthConfig(Settings):
@@ -39,6 +53,23 @@ class SynthConfig(Settings):
     text_column: str = "text"
     id_column: str = "id"
     seed: int = 42
+
+
+class AdaptConfig(Settings):
+    methods: list[Literal["pseudo", "ict", "crop", "title"]] = Field(
+        ["pseudo"],
+        description="Train-only pairs made from data.corpus: pseudo (user queries paired where BM25 and the base "
+        "model agree), ict/crop/title (synthetic, ragtune.synth). Used only when data.corpus is set.",
+    )
+    seed: int = 42
+
+
+class EvalSetConfig(Settings):
+    name: str = Field(description="Name in the report, e.g. medicationqa-test.")
+    path: str = Field(description="BEIR folder or pairs file with the queries and the corpus they search.")
+    split: str | None = Field(None, description="Split to evaluate (a BEIR qrels file name, e.g. test).")
+    query_column: str = "query"
+    passage_column: str = "passage"
 
 
 class MiningConfig(Settings):
@@ -178,10 +209,42 @@ class RunConfig(Settings):
         None, description="Make the training pairs from a bare corpus first (then data.path is not needed)."
     )
     data: DataConfig = DataConfig()
+    adapt: AdaptConfig = AdaptConfig()
     mining: MiningConfig = MiningConfig()
     split: SplitConfig = SplitConfig()
     evaluate: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+    eval_sets: list[EvalSetConfig] = Field(
+        [], description="More test sets, e.g. real users' questions: each evaluated base vs tuned vs BM25."
+    )
+    guard: str = Field(
+        "validation",
+        description="What decides the regression guard: 'validation' (the split of your pairs) or an eval set's name.",
+    )
+
+    @model_validator(mode="after")
+    def _eval_sets(self) -> RunConfig:
+        names = [s.name for s in self.eval_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_sets: names must differ, got {names}")
+        if self.guard != "validation" and self.guard not in names:
+            raise ValueError(f"guard: {self.guard!r} is neither 'validation' nor an eval set's name ({names})")
+        return self
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a config that says one thing twice is an error here."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -189,25 +252,36 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise RagtuneError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise RagtuneError(f"{path}: not valid YAML: {err}") from err
+        raise RagtuneError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    except UnicodeDecodeError as err:
+        raise RagtuneError(f"{path}: not UTF-8 text (byte at position {err.start})") from err
+    if raw is None:
+        raise RagtuneError(f"{path}: the config is empty; it needs at least data.path (see examples/)")
     if not isinstance(raw, dict):
         raise RagtuneError(f"{path}: the top level must be a mapping of settings")
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise RagtuneError(f"{path}: {format_validation_error(err)}") from err
-    # Relative data paths are relative to the config file, so a config works from any directory.
-    if config.data.path and not Path(config.data.path).is_absolute():
-        candidate = (path.parent / config.data.path).resolve()
-        if candidate.exists():
-            config.data.path = str(candidate)
-    if config.synth and not Path(config.synth.corpus).is_absolute():
-        candidate = (path.parent / config.synth.corpus).resolve()
-        if candidate.exists():
-            config.synth.corpus = str(candidate)
+    config.data.path = _beside(path, config.data.path)
+    if config.synth:
+        config.synth.corpus = _beside(path, config.synth.corpus)
+    config.data.corpus = _beside(path, config.data.corpus)
+    config.data.user_queries = _beside(path, config.data.user_queries)
+    for eval_set in config.eval_sets:
+        eval_set.path = _beside(path, eval_set.path)
     return config
+
+
+def _beside(config_file: Path, value: str | None) -> str | None:
+    """Relative paths are relative to the config file (when that exists), so a config works from any directory."""
+    if value and not Path(value).is_absolute():
+        candidate = (config_file.parent / value).resolve()
+        if candidate.exists():
+            return str(candidate)
+    return value
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -15,7 +15,7 @@ import math
 import os
 import random
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class PairData:
     splits: dict[str, list[str]] | None = None  # the source's own split: name -> query ids
     groups: dict[str, list[str]] = field(default_factory=dict)  # query id -> values of the group column
     methods: dict[str, str] = field(default_factory=dict)  # query id -> how a synthetic pair was made (`method`)
+    train_only: list[str] = field(default_factory=list)  # query ids only ever trained on (unverified pairs)
 
     def pairs(self, query_ids: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
         qids = self.qrels.keys() if query_ids is None else query_ids
@@ -65,6 +66,7 @@ class PairData:
     def subset(self, query_ids: Iterable[str]) -> PairData:
         """The same corpus, only these queries (evaluation always searches the full corpus)."""
         qids = [q for q in query_ids if q in self.qrels]
+        kept = set(qids)
         return PairData(
             corpus=self.corpus,
             queries={q: self.queries[q] for q in qids},
@@ -72,6 +74,7 @@ class PairData:
             stats=self.stats,
             groups={q: self.groups[q] for q in qids if q in self.groups},
             methods={q: self.methods[q] for q in qids if q in self.methods},
+            train_only=[q for q in self.train_only if q in kept],
         )
 
 
@@ -112,7 +115,10 @@ class _Builder:
 
     def bad(self, message: str) -> None:
         if not self.skip_bad_rows:
-            raise RagtuneError(message + " (fix the row, or pass --skip-bad-rows to skip and count such rows)")
+            raise RagtuneError(
+                message + " (fix the row, or set data.skip_bad_rows / `ragtune prepare --skip-bad-rows` to skip and "
+                "count such rows)"
+            )
         self.stats.bad_rows_skipped += 1
         if len(self.stats.skipped_examples) < 20:
             self.stats.skipped_examples.append(message)
@@ -188,17 +194,33 @@ def _check_columns(path: Path, columns: Iterable[str], wanted: list[str]) -> Non
         )
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+def _read_jsonl(path: Path, on_bad: Callable[[str], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) per line. A line that is not UTF-8 or not a JSON object goes to `on_bad` (which skips and
+    counts it, or raises) or, without one, is an error naming the line."""
+
+    def bad(message: str) -> None:
+        if on_bad is None:
+            raise RagtuneError(message)
+        on_bad(message)
+
+    # Bytes, decoded line by line: one bad byte is that line's problem, not a crash of the whole read.
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad(f"{path}: line {n}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise RagtuneError(f"{path}: line {n}: not valid JSON ({err.msg})") from err
+                bad(f"{path}: line {n}: not valid JSON ({err.msg})")
+                continue
             if not isinstance(record, dict):
-                raise RagtuneError(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
+                bad(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
+                continue
             yield f"{path}: line {n}", record
 
 
@@ -206,7 +228,12 @@ def _read_frame(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=True) if fmt == "csv" else pd.read_parquet(path)
+        if fmt == "csv":
+            # Only a truly empty cell is missing: "NaN", "NA" or "None" are texts someone wrote. TSV by its name.
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            frame = pd.read_csv(path, dtype=str, sep=sep, keep_default_na=False, na_values=[""], encoding="utf-8")
+        else:
+            frame = pd.read_parquet(path)
     except Exception as err:  # pandas raises many types; the user needs the file and the reason
         raise RagtuneError(f"{path}: could not read as {fmt}: {err}") from err
     # CSV rows are numbered as a spreadsheet shows them: the header is line 1.
@@ -225,10 +252,10 @@ def _first_columns(path: Path, rows: Iterator[tuple[str, dict[str, Any]]]):
 def load_table(
     path: Path, fmt: str, query_column: str, passage_column: str, skip_bad_rows: bool, group_column: str | None = None
 ) -> PairData:
-    rows = _read_jsonl(path) if fmt == "jsonl" else _read_frame(path, fmt)
+    builder = _Builder(str(path), fmt, skip_bad_rows, group_column)
+    rows = _read_jsonl(path, builder.bad) if fmt == "jsonl" else _read_frame(path, fmt)
     where, record = _first_columns(path, rows)
     _check_columns(path, record.keys(), [query_column, passage_column] + ([group_column] if group_column else []))
-    builder = _Builder(str(path), fmt, skip_bad_rows, group_column)
     builder.row(record, where, query_column, passage_column)
     for where, record in rows:
         builder.row(record, where, query_column, passage_column)
@@ -265,7 +292,7 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         if not needed.exists():
             raise RagtuneError(f"{folder}: not a BEIR folder, {needed.name} is missing")
     builder = _Builder(str(folder), "beir", skip_bad_rows)
-    for where, rec in _read_jsonl(corpus_file):
+    for where, rec in _read_jsonl(corpus_file, builder.bad):
         if "_id" not in rec:
             raise RagtuneError(f"{where}: field '_id' is missing")
         text = builder.text(rec.get("text"), where, "text")
@@ -275,7 +302,7 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         if isinstance(title, str) and title.strip():
             text = f"{title.strip()} {text}"  # BEIR's convention for dense retrievers
         builder.add_passage(text, str(rec["_id"]))
-    for where, rec in _read_jsonl(queries_file):
+    for where, rec in _read_jsonl(queries_file, builder.bad):
         if "_id" not in rec:
             raise RagtuneError(f"{where}: field '_id' is missing")
         text = builder.text(rec.get("text"), where, "text")
@@ -511,6 +538,7 @@ def save_beir(data: PairData, folder: str | Path) -> Path:
         "predefined_splits": data.splits is not None,
         "groups": data.groups,
         "methods": data.methods,
+        "train_only": data.train_only,
     }
     (folder / "stats.json").write_text(json.dumps(meta, indent=2))
     return folder
@@ -529,4 +557,5 @@ def load_prepared(folder: str | Path) -> PairData:
         data.splits = None
     data.groups = meta.get("groups", {})
     data.methods = meta.get("methods", {})
+    data.train_only = meta.get("train_only", [])
     return data

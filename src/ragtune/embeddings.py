@@ -69,9 +69,18 @@ def load_model(
         # local_files_only also keeps the model card from looking the base model up on the Hub.
         model = SentenceTransformer(resolved, device=device, local_files_only=local, config_kwargs=config_kwargs)
     except OSError as err:
+        if local:
+            raise RagtuneError(f"{resolved}: could not load the model: {err}") from err
         raise RagtuneError(
             f"could not load model {name!r}: it is not a local folder and the Hub could not provide it ({err})"
         ) from err
+    except Exception as err:
+        if not local:
+            raise
+        # torch, safetensors and transformers refuse truncated or foreign weights with many exception types (a
+        # SafetensorError is none of the builtin ones); the user needs the folder and the reason.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RagtuneError(f"{resolved}: the model's weights could not be loaded ({first})") from err
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model

@@ -153,6 +153,7 @@ def replace_folder(folder: str | Path, kind: str, inputs: Iterable[str | Path | 
     `folder` must be claimable (see `claim_folder`): a user's own folder is never removed.
     """
     folder = Path(folder)
+    recover_folder(folder)
     existed = folder.exists()
     claim_folder(folder, kind, inputs)
     for stale in [*folder.parent.glob(f".{folder.name}.new-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
@@ -173,6 +174,16 @@ def replace_folder(folder: str | Path, kind: str, inputs: Iterable[str | Path | 
     os.rename(folder, old)
     os.rename(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(folder: str | Path) -> None:
+    """After a crash between the two renames of `replace_folder`, put the previous version back in place."""
+    folder = Path(folder)
+    if folder.exists():
+        return
+    olds = [p for p in folder.parent.glob(f".{folder.name}.old-*") if (p / MARKER).exists() or made_by_ragtune(p)]
+    if olds:
+        os.rename(max(olds, key=lambda p: p.stat().st_mtime_ns), folder)
 
 
 def remove_own_folder(folder: str | Path) -> None:

@@ -26,7 +26,16 @@ import yaml
 from rich.console import Console
 
 from ragtune import data as data_mod
-from ragtune.config import DataConfig, EvalConfig, MiningConfig, RunConfig, SplitConfig, SynthConfig
+from ragtune.config import (
+    AdaptConfig,
+    DataConfig,
+    EvalConfig,
+    EvalSetConfig,
+    MiningConfig,
+    RunConfig,
+    SplitConfig,
+    SynthConfig,
+)
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
@@ -104,6 +113,37 @@ def synth_stage(config: SynthConfig, model: str, out: Path) -> dict[str, Any]:
     write_json(out / "stats.json", stats)
     console.print(f"synthetic pairs: {stats}", markup=False)
     return stats
+
+
+def adapt_stage(
+    prepared: Path,
+    data_config: DataConfig,
+    config: AdaptConfig,
+    base_model: str,
+    out: Path,
+    cache_dir: Path | None,
+    max_seq_length: int | None = None,
+) -> dict[str, Any]:
+    """The prepared pairs plus the users' corpus (`data.corpus`) and train-only pairs made from it (`ragtune.adapt`),
+    saved like a prepared folder, which mining and splitting then read."""
+    from ragtune.adapt import adapt, load_user_queries
+    from ragtune.search import load_documents
+
+    data = data_mod.load_prepared(prepared)
+    documents = load_documents(data_config.corpus, data_config.corpus_text_column) if data_config.corpus else []
+    queries = (
+        load_user_queries(data_config.user_queries, data_config.user_queries_split)
+        if data_config.user_queries
+        else None
+    )
+    encoder = Encoder(base_model, cache_dir, max_seq_length) if "pseudo" in config.methods and queries else None
+    corpus = {d.id: d.text for d in documents}
+    adapted, stats = adapt(data, corpus, queries, encoder, config, documents)
+    with replace_folder(out, "adapted", [prepared, data_config.corpus, data_config.user_queries]) as new:
+        data_mod.save_beir(adapted, new)
+        write_json(new / "adapt.json", stats.to_dict())
+    console.print(f"adapted to the users' corpus: {stats.to_dict()}", markup=False)
+    return stats.to_dict()
 
 
 def mine_stage(
@@ -234,7 +274,7 @@ def evaluate_stage(
 
 
 def compare_stage(
-    models: list[str],
+    models: list[str] | dict[str, str],
     data_path: Path,
     split: str | None,
     config: EvalConfig,
@@ -242,19 +282,23 @@ def compare_stage(
     bm25: bool = True,
     query_column: str = "query",
     passage_column: str = "passage",
+    extra_pairs: list[tuple[str, str]] = (),
+    data: data_mod.PairData | None = None,
 ) -> dict[str, Any]:
-    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals."""
+    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals.
+
+    `models`: model paths (each named by its path) or {name: path}; `extra_pairs`: more (baseline, system)
+    comparisons, e.g. ("bm25", "tuned")."""
     from ragtune.metrics import METRICS
     from ragtune.report import compare_all
     from ragtune.significance import mean_ci
 
-    named = dict.fromkeys(models)
-    result = evaluate_stage(
-        {m: m for m in named}, data_path, split, config, cache_dir, bm25, query_column, passage_column
-    )
+    named = models if isinstance(models, dict) else {m: m for m in dict.fromkeys(models)}
+    result = evaluate_stage(named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data)
     systems = list(named) + (["bm25"] if bm25 else [])
     per_query = result["per_query"]
     comparisons = compare_all(per_query, systems[0], systems[1:])
+    comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
     return {
         "systems": systems,
         "metrics": {s: result["metrics"][s] for s in systems},
@@ -297,7 +341,13 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
 
 def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
     out = Path(config.output_dir)
-    inputs = [config.data.path, config.synth.corpus if config.synth else None]
+    inputs = [
+        config.data.path,
+        config.synth.corpus if config.synth else None,
+        config.data.corpus,
+        config.data.user_queries,
+        *(s.path for s in config.eval_sets),
+    ]
     claim_folder(out, "run", inputs)
     cache = out / "cache"
     resolved_yaml = yaml.safe_dump(config.model_dump(), sort_keys=False)
@@ -322,12 +372,29 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
         raise RagtuneError(f"data not found: {source}")
     k_prepare = _key(config.data.model_dump(), _file_key(Path(source)))
     _stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
+    pairs_dir = out / "prepared"
+    if config.data.corpus:
+        k_prepare = _key(
+            k_prepare,
+            config.adapt.model_dump(),
+            _file_key(Path(config.data.corpus)),
+            _file_key(Path(config.data.user_queries)) if config.data.user_queries else None,
+            base_key,
+            seq,
+        )
+        pairs_dir = out / "adapted"
+        _stage(
+            "adapt to the users' corpus",
+            pairs_dir,
+            k_prepare,
+            lambda: adapt_stage(out / "prepared", config.data, config.adapt, base, pairs_dir, cache, seq),
+        )
     k_mine = _key(k_prepare, config.mining.model_dump(), base_key, seq, config.split.assignment())
     _stage(
         "mine negatives",
         out / "mined",
         k_mine,
-        lambda: mine_stage(out / "prepared", base, config.mining, out / "mined", cache, seq, config.split),
+        lambda: mine_stage(pairs_dir, base, config.mining, out / "mined", cache, seq, config.split),
     )
     k_split = _key(k_mine, config.split.model_dump(), base_key)
     _stage(
@@ -355,14 +422,27 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
         k_tuned,
         lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False),
     )
+    for eval_set in config.eval_sets:
+        k_set = _key(k_tuned, base_key, eval_set.model_dump(), _file_key(Path(eval_set.path)))
+        _stage(
+            f"evaluate on {eval_set.name} (base, tuned, BM25)",
+            eval_dir / "sets" / eval_set.name,
+            k_set,
+            lambda s=eval_set: _save_eval_set(s, base, out, config.evaluate),
+        )
 
     from ragtune.report import summarise_run
 
-    summary = summarise_run(out, resolved_yaml)
+    summary = summarise_run(out, resolved_yaml, config.guard)
     console.rule("[bold]result")
     console.print(summary["table"], soft_wrap=True, markup=False)
     console.print()
     console.print(summary["verdict"], markup=False)
+    if summary["eval_table"]:
+        console.print("\nwhere users are (NDCG@10 on each eval set):", markup=False)
+        console.print(summary["eval_table"], soft_wrap=True, markup=False)
+    if summary["template_warning"]:
+        console.print(f"\n[bold yellow]warning:[/bold yellow] {summary['template_warning']}", soft_wrap=True)
     console.print(f"\nmodel:  {out / 'model'}\nreport: {summary['report']} (and {summary['report_md']})")
     guard = summary["regression"]
     if guard["regressed"]:
@@ -380,6 +460,37 @@ def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConf
             results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "result.json", results, indent=None)
+
+
+def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalConfig) -> None:
+    """Another test set (real users' questions, say): the same comparison code as `ragtune compare`."""
+    from ragtune.templates import template_stats
+
+    path = Path(eval_set.path)
+    data = data_mod.load_pairs(path, "auto", eval_set.query_column, eval_set.passage_column)
+    queries = data.subset(data.splits[eval_set.split]) if eval_set.split and data.splits else data
+    result = compare_stage(
+        {"base": base, "tuned": str(out / "model")},
+        path,
+        eval_set.split,
+        config,
+        out / "cache",
+        True,
+        eval_set.query_column,
+        eval_set.passage_column,
+        extra_pairs=[("bm25", "tuned")],
+        data=data,
+    )
+    result.pop("_comparisons")
+    result.update(
+        name=eval_set.name,
+        path=eval_set.path,
+        split=eval_set.split,
+        templates=template_stats(list(queries.queries.values())).to_dict(),
+    )
+    folder = out / "eval" / "sets" / eval_set.name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "result.json", result)
 
 
 def _train(config: RunConfig, base: str, out: Path, key: str) -> None:

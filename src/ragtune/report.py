@@ -17,6 +17,7 @@ from ragtune.significance import Comparison, compare, mean_ci
 
 HEADLINE = "ndcg@10"
 COMPARED = ("ndcg@10", "mrr@10", "recall@10")
+EVAL_SET_FIELDS = ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates")
 
 
 def _fmt(value: float | None) -> str:
@@ -95,19 +96,45 @@ def verdict(metrics: dict[str, dict[str, float]], comparison: Comparison | None 
     return text
 
 
-def regression_check(base_val: dict | None, tuned_val: dict | None) -> dict[str, Any]:
-    """Is the tuned model better than the base on validation? If not, the base stays the recommended model."""
+def regression_check(base_val: dict | None, tuned_val: dict | None, where: str = "validation") -> dict[str, Any]:
+    """Is the tuned model better than the base on `where` (the validation split, or an eval set's queries)? If not,
+    the base stays the recommended model."""
     if not base_val or not tuned_val:
-        return {"regressed": False, "checked": False, "message": "no validation split: regression not checked"}
+        return {"regressed": False, "checked": False, "message": f"no {where} queries: regression not checked"}
     b, t = base_val["metrics"]["base"][HEADLINE], tuned_val["metrics"]["tuned"][HEADLINE]
     regressed = t <= b
     message = (
-        f"The tuned model is not better than the base model on validation ({HEADLINE} {b:.4f} → {t:.4f}); "
+        f"The tuned model is not better than the base model on {where} ({HEADLINE} {b:.4f} → {t:.4f}); "
         "the base model remains the recommended model."
         if regressed
-        else f"The tuned model beats the base model on validation ({HEADLINE} {b:.4f} → {t:.4f})."
+        else f"The tuned model beats the base model on {where} ({HEADLINE} {b:.4f} → {t:.4f})."
     )
-    return {"regressed": regressed, "checked": True, "base": b, "tuned": t, "message": message}
+    return {"regressed": regressed, "checked": True, "on": where, "base": b, "tuned": t, "message": message}
+
+
+def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
+    """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25."""
+    lines = [
+        "| eval set | queries | passages | bm25 | base | tuned | tuned − base [95% CI], p | tuned − bm25 [95% CI], p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in sets.items():
+        cells = []
+        for system in ("bm25", "base", "tuned"):
+            low, high = r["ci95"][system][HEADLINE]
+            cells.append(f"{r['metrics'][system][HEADLINE]:.4f} [{low:.3f}, {high:.3f}]")
+        diffs = []
+        for baseline in ("base", "bm25"):
+            c = next(
+                c
+                for c in r["comparisons"]
+                if (c["baseline"], c["system"], c["metric"]) == (baseline, "tuned", HEADLINE)
+            )
+            diffs.append(
+                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], {c['p_value']:.3f}"
+            )
+        lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
+    return "\n".join(lines)
 
 
 def _movers(per_query, queries, corpus, qrels, top10, n: int = 5) -> dict[str, list[dict]]:
@@ -170,9 +197,10 @@ def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
     return "\n".join(lines)
 
 
-def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
+def summarise_run(out: Path, resolved_yaml: str, guard_on: str = "validation") -> dict[str, Any]:
     from ragtune.data import DATA_MARKER, load_ragtune_data
     from ragtune.report_html import write_html
+    from ragtune.templates import TemplateStats, template_stats, template_warning
 
     base = json.loads((out / "eval" / "base" / "result.json").read_text())
     tuned = json.loads((out / "eval" / "tuned" / "result.json").read_text())
@@ -186,12 +214,24 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
     comparisons = compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"])
     headline = next(c for c in comparisons if c.baseline == "base" and c.metric == HEADLINE)
     conclusion = verdict(metrics, headline)
-    guard = regression_check(base.get("validation"), tuned.get("validation"))
+    sets = {}
+    for folder in sorted((out / "eval" / "sets").glob("*/result.json")):
+        result = json.loads(folder.read_text())
+        sets[result["name"]] = result
+    if guard_on == "validation":
+        guard = regression_check(base.get("validation"), tuned.get("validation"))
+    else:
+        guard = regression_check(sets.get(guard_on), sets.get(guard_on), f"the eval set {guard_on}")
     data_meta = json.loads((out / "data" / DATA_MARKER).read_text())
     train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
     history = json.loads((out / "model" / "training_log.json").read_text())
     data = load_ragtune_data(out / "data")
     movers = _movers(per_query, data.queries, data.corpus, data.qrels, top10)
+    test_ids = data.splits.get("test", [])
+    templates = template_stats([data.queries[q] for q in test_ids if q in data.queries])
+    others = {
+        name: TemplateStats(**{k: v for k, v in r["templates"].items() if k != "templated"}) for name, r in sets.items()
+    }
     summary = {
         "metrics": metrics,
         "ci95": cis,
@@ -202,6 +242,15 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
         "recommended_model": "base" if guard["regressed"] else "tuned",
         "test_queries": test_base["queries"],
         "corpus": test_base["corpus"],
+        "test_templates": templates.to_dict(),
+        "template_warning": template_warning(templates, others),
+        "eval_sets": {
+            name: {
+                k: r[k] for k in ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates")
+            }
+            for name, r in sets.items()
+        },
+        "training_pairs_by_source": _training_sources(data),
     }
     if data.methods:
         summary["by_method"] = by_method(per_query, data.methods, systems)
@@ -214,6 +263,7 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
         "table_md": metrics_table(metrics, systems, {"triplet accuracy": triplet}, cis),
         "comparison_md": comparison_table(comparisons),
         "by_method_md": by_method_table(summary["by_method"], systems) if data.methods else "",
+        "eval_sets_md": eval_sets_table(sets) if sets else "",
         "config_yaml": resolved_yaml,
         "data_meta": data_meta,
         "train_info": train_info,
@@ -226,13 +276,34 @@ def summarise_run(out: Path, resolved_yaml: str) -> dict[str, Any]:
     md = write_markdown(out / "report.md", context)
     html = write_html(out / "report.html", context)
     _model_card_section(out / "model", context["table_md"], context["comparison_md"], conclusion)
-    return {**summary, "table": table, "report": str(html), "report_md": str(md)}
+    return {**summary, "table": table, "eval_table": context["eval_sets_md"], "report": str(html), "report_md": str(md)}
+
+
+def _training_sources(data) -> dict[str, int]:
+    """Training queries by the source of their pair: labelled, pseudo (user questions), ict/crop/title."""
+    counts: dict[str, int] = {}
+    for q in data.splits.get("train", []):
+        source = data.methods.get(q) or "labelled"
+        counts[source] = counts.get(source, 0) + 1
+    return counts
 
 
 def write_markdown(path: Path, c: dict[str, Any]) -> Path:
     s = c["data_meta"]["load_stats"]
     splits = c["data_meta"]["splits"]
     out = [f"# ragtune report: {c['title']}", "", f"**{c['verdict']}**", "", c["regression"]["message"], ""]
+    if c["template_warning"]:
+        out += [f"> **Warning:** {c['template_warning']}", ""]
+    if c["eval_sets_md"]:
+        out += [
+            "## Where users are: the eval sets",
+            "",
+            "Each set's queries searched over its own corpus; NDCG@10 with 95% bootstrap intervals; differences "
+            "paired over the same queries. The in-distribution test split follows.",
+            "",
+            c["eval_sets_md"],
+            "",
+        ]
     out += [
         f"## Test split: {c['test_queries']} queries searched over the full corpus of {c['corpus']} passages",
         "",
@@ -258,6 +329,7 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
         f"non-relevant judgements ignored: {s['non_relevant_judgements']}; "
         f"pairs left out by sampling: {s['pairs_sampled_out']}",
         f"- passages relevant to more than one query: {s['passages_under_several_queries']}",
+        "- training queries by source: " + ", ".join(f"{k} {v}" for k, v in c["training_pairs_by_source"].items()),
         f"- splits ({c['data_meta'].get('split_method', 'random')}): "
         + ", ".join(f"{k} {v['queries']} queries / {v['rows']} rows" for k, v in splits.items()),
     ]

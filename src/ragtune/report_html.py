@@ -125,6 +125,10 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
         f"<h1>ragtune report: {e(c['title'])}</h1>",
         f"<p class='verdict {'good' if good else 'bad'}' id='verdict'>{e(c['verdict'])}</p>",
         f"<p>{e(c['regression']['message'])} Recommended model: <b>{e(c['recommended_model'])}</b>.</p>",
+        f"<p class='verdict bad' id='template-warning'>{e(c['template_warning'])}</p>" if c["template_warning"] else "",
+        ("<h2>Where users are: the eval sets</h2><div id='eval-sets'>" + md_table_to_html(c["eval_sets_md"]) + "</div>")
+        if c["eval_sets_md"]
+        else "",
         f"<h2>Test split: {c['test_queries']} queries over the full corpus of {c['corpus']} passages</h2>",
         "<div id='metrics'>" + md_table_to_html(c["table_md"]) + "</div>",
         "<h3>Paired comparisons (95% bootstrap CI of the difference, permutation p)</h3>",

@@ -14,7 +14,7 @@ import numpy as np
 from ragtune.data import DATA_MARKER, _read_frame, _read_jsonl, detect_format, text_id
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
-from ragtune.outputs import check_no_overlap, claim_folder, replace_folder, write_json, write_jsonl
+from ragtune.outputs import check_no_overlap, claim_folder, recover_folder, replace_folder, write_json, write_jsonl
 
 _SEARCH_CHUNK = 2048
 
@@ -234,6 +234,7 @@ class Index:
         import faiss
 
         folder = Path(folder)
+        recover_folder(folder)
         if not (folder / INDEX_META).exists():
             raise RagtuneError(f"{folder}: not a ragtune index (no {INDEX_META}); build one with `ragtune index`")
         meta = json.loads((folder / INDEX_META).read_text())

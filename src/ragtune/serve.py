@@ -259,7 +259,12 @@ def create_app(
 
 
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        message = f"ragtune serve needs the serve extra ({err.name} is missing): pip install 'ragtune[serve]'"
+        raise RagtuneError(message) from None
 
     if host not in ("127.0.0.1", "localhost", "::1") and not (
         options.get("api_key") or os.environ.get("RAGTUNE_API_KEY")

@@ -26,7 +26,16 @@ SPLITS = ("train", "validation", "test")
 
 
 def split_queries(data: PairData, config: SplitConfig) -> tuple[dict[str, list[str]], str]:
-    """Query ids per split, and a word on how they were chosen ('predefined' or 'random by <unit>')."""
+    """Query ids per split, and a word on how they were chosen ('predefined' or 'random by <unit>').
+
+    Train-only queries (`data.train_only`: pseudo-labelled or synthetic pairs added by `adapt`) always train."""
+    if data.train_only:
+        extra = set(data.train_only)
+        labelled = data.subset([q for q in data.qrels if q not in extra])
+        labelled.splits = data.splits
+        split_ids, method = split_queries(labelled, config)
+        split_ids["train"] = split_ids["train"] + [q for q in data.qrels if q in extra]
+        return split_ids, method
     own = data.splits or {}
     if config.use_predefined and own.get("test"):
         test = list(dict.fromkeys(own["test"]))

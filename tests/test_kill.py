@@ -1,0 +1,112 @@
+"""kill -9 at random points of `ragtune run` and `ragtune index --add`: a re-run always ends where an uninterrupted
+run does, and nothing outside the output is touched."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import write_jsonl
+from helpers import toy_rows
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _start(args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ragtune", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )
+
+
+def _finish(args):
+    done = subprocess.run([sys.executable, "-m", "ragtune", *map(str, args)], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _kill_after(args, delay: float) -> bool:
+    """Start, kill -9 the whole process group after `delay` seconds; True if it was still running."""
+    proc = _start(args)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    alive = proc.poll() is None
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_in_a_run(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(120))
+    neighbour = tmp_path / "runs" / "notes"
+    neighbour.mkdir(parents=True)
+    (neighbour / "keep.txt").write_text("not ragtune's")
+    config = {
+        "base_model": str(tiny_model),
+        "data": {"path": str(data)},
+        "mining": {"strategy": "hard", "range_max": 10},
+        "train": {"epochs": 2, "batch_size": 8, "evals_per_epoch": 2},
+        "allow_regression": True,
+    }
+
+    def config_for(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs" / name)}))
+        return path
+
+    started = time.monotonic()
+    _finish(["run", config_for("whole")])
+    duration = time.monotonic() - started
+    whole = json.loads((tmp_path / "runs" / "whole" / "results.json").read_text())
+    before = _snapshot(neighbour) | {"data": data.read_bytes()}
+    killed = 0
+    for seed in range(6):
+        # Spread over the whole run: start-up, mining, evaluation, training, checkpoints, the report.
+        delay = random.Random(seed).uniform(0.1, 1.0) * duration
+        name = f"kill{seed}"
+        killed += _kill_after(["run", config_for(name)], delay)
+        _finish(["run", config_for(name)])
+        again = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+        for system in ("bm25", "base"):
+            assert again["metrics"][system] == whole["metrics"][system], (seed, system)
+        for metric, value in whole["metrics"]["tuned"].items():
+            # A run resumed from a checkpoint matches to float noise (optimizer, scheduler, RNG state restored).
+            assert abs(again["metrics"]["tuned"][metric] - value) <= 0.01, (seed, metric)
+        assert _snapshot(neighbour) | {"data": data.read_bytes()} == before
+    assert killed >= 4  # most kills landed mid-run, not after it finished
+
+
+@pytest.mark.slow
+def test_kill_9_during_index_add(tiny_model, tmp_path):
+    docs = [{"id": f"d{i}", "text": f"passage {i} on topic {i % 7} with words {i * 3}"} for i in range(400)]
+    first = write_jsonl(tmp_path / "first.jsonl", docs[:200])
+    every = write_jsonl(tmp_path / "all.jsonl", docs)
+    for seed in range(5):
+        index = tmp_path / f"idx{seed}"
+        _finish(["index", tiny_model, first, "--out", index])
+        started = time.monotonic()
+        _kill_after(["index", tiny_model, every, "--out", index, "--add"], random.Random(seed).uniform(2, 12))
+        elapsed = time.monotonic() - started
+        # Whatever the moment, the index loads: the old version or the new one, never a mix.
+        from ragtune.search import Index
+
+        count = len(Index.load(index).documents)
+        assert count in (200, 400), (seed, elapsed, count)
+        _finish(["index", tiny_model, every, "--out", index, "--add"])
+        loaded = Index.load(index)
+        assert [d.id for d in loaded.documents] == [d["id"] for d in docs]
+        assert loaded.vectors.ntotal == 400

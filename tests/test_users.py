@@ -1,0 +1,160 @@
+"""Where users are: eval sets of real questions, the corpus users search, pseudo-labels, the template warning."""
+
+import json
+import random
+
+import pytest
+from conftest import shared_file, write_jsonl
+
+from ragtune.adapt import adapt, load_user_queries, pseudo_label
+from ragtune.config import AdaptConfig, RunConfig, SplitConfig
+from ragtune.data import LoadStats, PairData, load_pairs
+from ragtune.embeddings import Encoder
+from ragtune.errors import RagtuneError
+from ragtune.pipeline import run
+from ragtune.splits import split_queries
+from ragtune.templates import template_stats, template_warning
+
+
+def _medquad_questions(n: int) -> list[str]:
+    rows = [json.loads(line) for line in shared_file("medquad", "medquad_pairs.jsonl").open()]
+    random.Random(0).shuffle(rows)
+    return [r["question"] for r in rows[:n]]
+
+
+def test_template_warning_fires_on_medquad_not_on_real_questions():
+    medquad = template_stats(_medquad_questions(250))
+    assert medquad.templated and medquad.shared_opening > 0.7
+    real = load_user_queries(shared_file("medicationqa"), "test")
+    consumers = template_stats(real)
+    assert not consumers.templated and consumers.shared_opening < 0.2
+    assert consumers.distinct_bigrams > medquad.distinct_bigrams
+    text = template_warning(medquad, {"medicationqa-test": consumers})
+    assert "overstate" in text and "medicationqa-test" in text
+    assert template_warning(consumers) is None
+    # Paraphrases of one template still count as templated; one shared opening among varied questions does not.
+    templated = [f"What are the symptoms of disease {i} ?" for i in range(40)]
+    assert template_stats(templated).templated
+    varied = ["what are the risks of x"] + [f"q{i} word{i} other{i} text" for i in range(39)]
+    assert not template_stats(varied).templated
+
+
+def test_user_queries_of_a_split_read_ids_never_labels(tmp_path):
+    dev = load_user_queries(shared_file("medicationqa"), "dev")
+    test = load_user_queries(shared_file("medicationqa"), "test")
+    texts = {
+        json.loads(line)["_id"]: json.loads(line)["text"]
+        for line in shared_file("medicationqa", "queries.jsonl").open()
+    }
+    for split, got in (("dev", dev), ("test", test)):
+        lines = shared_file("medicationqa", "qrels", f"{split}.tsv").read_text().splitlines()[1:]
+        assert got == list(dict.fromkeys(texts[line.split("\t")[0]] for line in lines))
+    with pytest.raises(RagtuneError, match="qrels/nope.tsv"):
+        load_user_queries(shared_file("medicationqa"), "nope")
+    write_jsonl(tmp_path / "q.jsonl", [{"text": "how do i take it"}, {"text": ""}])
+    with pytest.raises(RagtuneError, match="q.jsonl: line 2"):
+        load_user_queries(tmp_path / "q.jsonl")
+
+
+def _labelled() -> PairData:
+    corpus = {"p1": "Aspirin relieves pain and lowers fever.", "p2": "Insulin lowers blood sugar in diabetes."}
+    queries = {"q1": "What is aspirin for ?", "q2": "What is insulin for ?"}
+    return PairData(corpus, queries, {"q1": {"p1": 1.0}, "q2": {"p2": 1.0}}, LoadStats("x", "jsonl"))
+
+
+def test_pseudo_labels_keep_only_agreement(tiny_model, tmp_path):
+    corpus = {
+        "a": "warfarin thins the blood; bleeding is its main risk",
+        "b": "metformin lowers blood sugar and is taken with meals",
+        "c": "ibuprofen eases pain and swelling",
+    }
+    encoder = Encoder(tiny_model, tmp_path / "cache", show_progress=False)
+    queries = ["does warfarin make me bleed", "when to take metformin with meals", "zzz qqq"]
+    pairs, stats = pseudo_label(queries, corpus, encoder)
+    assert stats["queries"] == 3 and stats["agreed"] == len(pairs)
+    # BM25 finds nothing for "zzz qqq": no agreement is possible, so it is never labelled.
+    assert all(q != "zzz qqq" for q, _ in pairs)
+    from ragtune.evaluate import bm25_run, dense_run
+
+    probe = PairData(
+        corpus, {str(i): q for i, q in enumerate(queries)}, {str(i): {} for i in range(3)}, LoadStats("", "")
+    )
+    dense, lexical = dense_run(encoder, probe, k=1), bm25_run(probe, k=1)
+    expected = [
+        (q, next(iter(dense[str(i)])))
+        for i, q in enumerate(queries)
+        if lexical[str(i)] and next(iter(dense[str(i)])) == next(iter(lexical[str(i)]))
+    ]
+    assert pairs == expected
+
+
+def test_adapted_pairs_are_train_only_and_tagged(tiny_model, tmp_path):
+    data = _labelled()
+    long = " ".join(f"Take warfarin at the same time each day, note {i}." for i in range(12))
+    target = {"t1": long, "t2": "Aspirin relieves pain and lowers fever."}
+    adapted, stats = adapt(data, target, None, None, AdaptConfig(methods=["crop"]), None)
+    assert stats.corpus_passages == 2 and stats.corpus_passages_new == 1  # the shared passage is not doubled
+    assert len(adapted.corpus) == 3
+    added = [q for q in adapted.qrels if q not in data.qrels]
+    assert added and set(added) == set(adapted.train_only)
+    assert {adapted.methods[q] for q in added} == {"crop"} and adapted.methods["q1"] == "labelled"
+    many = PairData(
+        {f"p{i}": f"passage {i}" for i in range(20)},
+        {f"q{i}": f"question {i}" for i in range(20)},
+        {f"q{i}": {f"p{i}": 1.0} for i in range(20)},
+        LoadStats("x", "jsonl"),
+    )
+    many.train_only = ["q0", "q1", "q2"]
+    split, _ = split_queries(many, SplitConfig(train=0.5, validation=0.25, test=0.25))
+    assert {"q0", "q1", "q2"} <= set(split["train"])
+    assert not {"q0", "q1", "q2"} & (set(split["validation"]) | set(split["test"]))
+    assert sorted(sum(split.values(), [])) == sorted(many.qrels)
+
+
+@pytest.mark.slow
+def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
+    """The whole run on real data: MedQuAD pairs, MedicationQA's corpus and dev questions, its test half as an eval
+    set; the tiny model keeps it short."""
+    medication = shared_file("medicationqa")
+    cfg = RunConfig.model_validate(
+        {
+            "base_model": str(tiny_model),
+            "output_dir": str(tmp_path / "run"),
+            "data": {
+                "path": str(shared_file("medquad", "medquad_pairs.jsonl")),
+                "query_column": "question",
+                "passage_column": "answer",
+                "max_pairs": 150,
+                "corpus": str(medication),
+                "user_queries": str(medication),
+                "user_queries_split": "dev",
+            },
+            "adapt": {"methods": ["pseudo"]},
+            "split": {"split_by": "passage"},
+            "train": {"epochs": 1, "batch_size": 8, "evals_per_epoch": 1, "max_seq_length": 64},
+            "evaluate": {"max_seq_length": 64},
+            "eval_sets": [{"name": "medicationqa-test", "path": str(medication), "split": "test"}],
+            "guard": "medicationqa-test",
+        }
+    )
+    summary = run(cfg, allow_regression=True)
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    evalset = results["eval_sets"]["medicationqa-test"]
+    truth = load_pairs(medication)
+    assert evalset["queries"] == len(truth.splits["test"]) and evalset["corpus"] == len(truth.corpus)
+    assert set(evalset["metrics"]) == {"base", "tuned", "bm25"}
+    pairs = {(c["baseline"], c["system"]) for c in evalset["comparisons"]}
+    assert {("base", "tuned"), ("bm25", "tuned")} <= pairs
+    assert not evalset["templates"]["templated"]
+    # The MedQuAD split is templated: the warning fires and names the eval set of real questions.
+    assert results["test_templates"]["templated"] and "medicationqa-test" in results["template_warning"]
+    assert results["regression"]["on"] == "the eval set medicationqa-test"
+    sources = results["training_pairs_by_source"]
+    adapt_stats = json.loads((out / "adapted" / "adapt.json").read_text())
+    assert sources["pseudo"] == adapt_stats["pairs_by_method"]["pseudo"] > 0
+    # The users' corpus joined the evaluation corpus of the in-distribution test.
+    assert results["corpus"] >= adapt_stats["corpus_passages_new"] + 100
+    report = (out / "report.md").read_text()
+    assert "Where users are" in report and "| medicationqa-test | 346 |" in report and "Warning" in report
+    assert summary["eval_table"].count("\n") == 2
