@@ -217,13 +217,53 @@ def test_one_bad_request_does_not_fail_its_batch():
     async def go():
         batcher = Batcher(_Flaky(), wait_ms=50, max_batch=64)
         texts = [["a"], ["b", "c"], ["poison"], ["d"]]
-        return await asyncio.gather(*(batcher.encode(t) for t in texts), return_exceptions=True)
+        return await asyncio.gather(*(batcher.encode(t, [1] * len(t)) for t in texts), return_exceptions=True)
 
     results = asyncio.run(go())
     assert isinstance(results[2], ValueError)
     for i in (0, 1, 3):
         assert isinstance(results[i], np.ndarray), results[i]
     assert [len(r) for r in (results[0], results[1], results[3])] == [1, 2, 1]
+
+
+class _Recording:
+    """Records what each model call held; a call costs time in proportion to its texts."""
+
+    batch_size = 64
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        outer = self
+
+        class model:  # noqa: N801 - stands in for a SentenceTransformer
+            @staticmethod
+            def encode(texts, **kwargs):
+                import time
+
+                outer.calls.append(list(texts))
+                time.sleep(0.002 * len(texts))
+                return np.ones((len(texts), 4), dtype=np.float32)
+
+        self.model = model
+
+
+def test_a_small_request_is_not_stuck_behind_a_huge_one():
+    from ragtune.serve import Batcher
+
+    encoder = _Recording()
+
+    async def go():
+        batcher = Batcher(encoder, wait_ms=1, max_batch_tokens=1024)
+        huge = asyncio.create_task(batcher.encode([f"long {i}" for i in range(256)], [256] * 256))
+        await asyncio.sleep(0.05)  # the huge request is already being encoded
+        small = await batcher.encode(["one line"], [6])
+        return small, huge.done(), await huge
+
+    small, huge_done_first, huge = asyncio.run(go())
+    assert small.shape == (1, 4) and huge.shape == (256, 4) and not huge_done_first
+    assert all(sum(256 for t in call if t.startswith("long")) <= 1024 for call in encoder.calls)
+    position = next(i for i, call in enumerate(encoder.calls) if "one line" in call)
+    assert position < len(encoder.calls) - 10  # served between pieces of the huge request, not after all of them
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +277,7 @@ def served(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
     corpus = write_jsonl(folder / "corpus.jsonl", DOCS)
     Index.build(Encoder(tiny_model, folder / "cache", show_progress=False), load_documents(corpus), folder / "index")
-    with Server(create_app(folder / "index", batch_wait_ms=30)) as s:
+    with Server(create_app(folder / "index", batch_wait_ms=30, max_request_tokens=4096)) as s:
         yield s
 
 
@@ -268,6 +308,9 @@ def test_dimensions_models_and_empty_inputs(served):
     import httpx
 
     url = f"{served.url}/v1/embeddings"
+    huge = ["word " * 300] * 200  # within the count and character limits, far over the token limit
+    too_much = httpx.post(url, json={"input": huge})
+    assert too_much.status_code == 413 and "tokens" in too_much.json()["error"]["message"]
     for bad in (-300, 0, 10_000):
         assert httpx.post(url, json={"input": "bones", "dimensions": bad}).status_code == 422
     short = httpx.post(url, json={"input": "bones", "dimensions": 8}).json()["data"][0]["embedding"]

@@ -584,6 +584,9 @@ def serve_cmd(
     ] = None,
     max_inputs: Annotated[int, typer.Option(help="Most inputs in one embeddings request (else 413).")] = 256,
     max_chars: Annotated[int, typer.Option(help="Most characters in one input (else 413).")] = 8192,
+    max_request_tokens: Annotated[
+        int, typer.Option(help="Most tokens in one request, after truncation (else 413): bounds one caller's work.")
+    ] = 16384,
     cache_dir: CacheOpt = None,
 ) -> None:
     """OpenAI-compatible /v1/embeddings, /search, /health and a comparison page at /. API key: RAGTUNE_API_KEY."""
@@ -600,6 +603,7 @@ def serve_cmd(
         data=str(data) if data else None,
         max_inputs=max_inputs,
         max_chars=max_chars,
+        max_request_tokens=max_request_tokens,
         cache_dir=cache_dir,
     )
 

@@ -9,6 +9,7 @@ of 32 texts in little more time than one. User inputs never go through the on-di
 import asyncio
 import base64
 import hmac
+import itertools
 import json
 import os
 import time
@@ -25,58 +26,97 @@ from ragtune.search import Index, flat_index
 PAGE = Path(__file__).with_name("page.html")
 
 
-class Batcher:
-    """Collects texts from concurrent requests for up to `wait_ms`, encodes them together, hands rows back."""
+class _Request:
+    """One caller's texts, encoded in pieces; its future resolves when every piece is back (or one fails)."""
 
-    def __init__(self, encoder: Encoder, wait_ms: float = 5.0, max_batch: int = 64):
+    def __init__(self, texts: list[str], future: asyncio.Future):
+        self.texts, self.future = texts, future
+        self.rows: list[np.ndarray | None] = [None] * len(texts)
+        self.left = len(texts)
+
+    def done(self, positions: list[int], vectors: np.ndarray) -> None:
+        for p, v in zip(positions, vectors, strict=True):
+            self.rows[p] = v
+        self.left -= len(positions)
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(np.stack(self.rows))
+
+    def fail(self, err: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(err)
+
+
+class Batcher:
+    """Encodes the texts of concurrent requests together, in model calls of at most `max_batch_tokens` tokens.
+
+    Texts wait for up to `wait_ms` to be gathered (a transformer encodes 32 short texts in little more time than
+    one). Smaller requests go first (shortest job first, then arrival order), and a large request is encoded in
+    pieces, so a one-line search waits for at most one model call, not for a request of 256 long inputs. A model
+    call that fails is retried text by text, so only the request holding the bad text gets the error.
+    """
+
+    def __init__(self, encoder: Encoder, wait_ms: float = 5.0, max_batch: int = 64, max_batch_tokens: int = 4096):
         self.encoder, self.wait, self.max_batch = encoder, wait_ms / 1000, max_batch
-        self.queue: asyncio.Queue | None = None
+        self.max_batch_tokens = max_batch_tokens
+        self.queue: asyncio.PriorityQueue | None = None
         self.worker: asyncio.Task | None = None
         self.batches = 0  # model calls made, for tests and metrics
+        self._arrivals = itertools.count()
 
-    async def encode(self, texts: list[str]) -> np.ndarray:
+    def tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text costs the model (special tokens included, truncated as the model truncates)."""
+        limit = self.encoder.model.max_seq_length
+        return [min(limit, len(ids)) for ids in self.encoder.model.tokenizer(texts)["input_ids"]]
+
+    async def encode(self, texts: list[str], tokens: list[int] | None = None) -> np.ndarray:
         if self.queue is None:
-            self.queue = asyncio.Queue()
+            self.queue = asyncio.PriorityQueue()
             self.worker = asyncio.create_task(self._run())
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
-        return await future
+        tokens = tokens if tokens is not None else self.tokens(texts)
+        request = _Request(texts, asyncio.get_running_loop().create_future())
+        size, arrival = sum(tokens), next(self._arrivals)
+        for position, cost in enumerate(tokens):
+            await self.queue.put((size, arrival, position, cost, request))
+        return await request.future
 
     async def _run(self) -> None:
         while True:
-            jobs = [await self.queue.get()]
+            items = [await self.queue.get()]
             deadline = time.monotonic() + self.wait
-            while sum(len(t) for t, _ in jobs) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            while len(items) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), left))
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
                     break
-            texts = [t for batch, _ in jobs for t in batch]
-            try:
-                vectors = await asyncio.to_thread(self._encode, texts)
-            except Exception:
-                # One request's input must not fail the others gathered with it: each is encoded alone, and only
-                # the one that fails again gets the error.
-                await self._one_by_one(jobs)
-                continue
-            self.batches += 1
-            start = 0
-            for batch, future in jobs:
-                if not future.done():  # its caller may have gone away
-                    future.set_result(vectors[start : start + len(batch)])
-                start += len(batch)
+            # Keep the smallest requests' texts within the token budget; put the rest back for the next call.
+            items.sort(key=lambda item: item[:3])
+            taken, budget = [], self.max_batch_tokens
+            for item in items:
+                if taken and item[3] > budget:
+                    self.queue.put_nowait(item)
+                    continue
+                taken.append(item)
+                budget -= item[3]
+            await self._encode_items(taken)
 
-    async def _one_by_one(self, jobs: list) -> None:
-        for batch, future in jobs:
-            try:
-                vectors = await asyncio.to_thread(self._encode, batch)
-            except Exception as err:
-                if not future.done():
-                    future.set_exception(err)
-                continue
-            self.batches += 1
-            if not future.done():
-                future.set_result(vectors)
+    async def _encode_items(self, items: list) -> None:
+        try:
+            vectors = await asyncio.to_thread(self._encode, [item[4].texts[item[2]] for item in items])
+        except Exception as err:
+            if len(items) == 1:
+                items[0][4].fail(err)
+                return
+            for item in items:  # retried alone: only the request holding the bad text fails
+                await self._encode_items([item])
+            return
+        self.batches += 1
+        by_request: dict[int, tuple[_Request, list[int], list[int]]] = {}
+        for row, item in enumerate(items):
+            entry = by_request.setdefault(id(item[4]), (item[4], [], []))
+            entry[1].append(item[2])
+            entry[2].append(row)
+        for request, positions, rows in by_request.values():
+            request.done(positions, vectors[rows])
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.encoder.model.encode(
@@ -109,6 +149,8 @@ def create_app(
     max_chars: int = 8192,
     max_k: int = 100,
     batch_wait_ms: float = 5.0,
+    max_request_tokens: int = 16384,
+    max_batch_tokens: int = 4096,
     cache_dir: str | Path | None = None,
 ):
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -122,12 +164,16 @@ def create_app(
         )
     index = Index.load(index_dir)
     tuned = index.query_encoder(show_progress=False)
-    systems: dict[str, tuple[Batcher, Index]] = {"tuned": (Batcher(tuned, batch_wait_ms), index)}
+
+    def batcher(encoder: Encoder) -> Batcher:
+        return Batcher(encoder, batch_wait_ms, max_batch_tokens=max_batch_tokens)
+
+    systems: dict[str, tuple[Batcher, Index]] = {"tuned": (batcher(tuned), index)}
     if base_model:
         base = Encoder(base_model, cache_dir, index.meta["max_seq_length"], show_progress=False)
         # The base model's side of the page searches the same documents, encoded once (cached on disk).
         base_vectors = flat_index(base.encode([d.text for d in index.documents], desc="encoding for the base model"))
-        systems["base"] = (Batcher(base, batch_wait_ms), Index(index.folder, index.meta, base_vectors, index.documents))
+        systems["base"] = (batcher(base), Index(index.folder, index.meta, base_vectors, index.documents))
     for batcher, _ in systems.values():
         _ = batcher.encoder.model  # load now: /health answers only once the first request will be fast
     relevant = _relevance(data, index.documents)
@@ -151,8 +197,11 @@ def create_app(
         body = {"error": {"message": str(err.detail), "type": kind, "code": err.status_code}, "detail": err.detail}
         return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
-    def check_inputs(texts: list[str]) -> None:
-        """Each request's texts are checked here, before they join a batch shared with other requests."""
+    def check_inputs(texts: list[str], batcher: Batcher) -> list[int]:
+        """Each request's texts are checked here, before they join a batch shared with other requests.
+
+        Returns each text's token count: a request's work is bounded in tokens, not only in characters and inputs
+        (256 inputs of 8,192 characters once held the server for 25 s)."""
         if not texts:
             raise HTTPException(422, "input is empty")
         if len(texts) > max_inputs:
@@ -165,9 +214,13 @@ def create_app(
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as err:
-                raise HTTPException(
-                    422, f"input {i} is not valid text ({err.reason} at character {err.start})"
-                ) from None
+                message = f"input {i} is not valid text ({err.reason} at character {err.start})"
+                raise HTTPException(422, message) from None
+        tokens = batcher.tokens(texts)
+        if sum(tokens) > max_request_tokens:
+            message = f"{sum(tokens)} tokens in one request; the limit is {max_request_tokens}: split the request"
+            raise HTTPException(413, message)
+        return tokens
 
     def system(name: str | None) -> str:
         if name is None:
@@ -209,21 +262,19 @@ def create_app(
     @app.post("/v1/embeddings", dependencies=[Depends(authorised)])
     async def embeddings(body: EmbeddingRequest) -> dict:
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        check_inputs(texts)
         if body.encoding_format not in ("float", "base64"):
             raise HTTPException(422, "encoding_format must be 'float' or 'base64'")
         if body.dimensions is not None and not 1 <= body.dimensions <= dim:
             raise HTTPException(422, f"dimensions must be between 1 and {dim}")
         name = system(body.model)
         batcher = systems[name][0]
-        vectors = await batcher.encode(texts)
+        counts = check_inputs(texts, batcher)
+        vectors = await batcher.encode(texts, counts)
         if body.dimensions is not None and body.dimensions < dim:
             # As OpenAI's API does: the shortened vector is normalised again, so dot products stay cosines.
             vectors = vectors[:, : body.dimensions]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        tokenizer = batcher.encoder.model.tokenizer
-        limit = batcher.encoder.model.max_seq_length
-        tokens = sum(min(limit, len(ids)) for ids in tokenizer(texts)["input_ids"])
+        tokens = sum(counts)
 
         def encode(v: np.ndarray):
             return (
@@ -239,9 +290,8 @@ def create_app(
 
     @app.post("/search", dependencies=[Depends(authorised)])
     async def search(body: SearchRequest) -> dict:
-        check_inputs([body.query])
         batcher, idx = systems[system(body.model)]
-        vectors = await batcher.encode([body.query])
+        vectors = await batcher.encode([body.query], check_inputs([body.query], batcher))
         hits = idx.search(vectors, body.k, body.filters)[0]
         marked = relevant.get(normalise(body.query), set())
         return {
