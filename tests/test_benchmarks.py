@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -29,3 +31,22 @@ def test_mining_benchmark_checks_the_screened_picks_against_the_classic_recipe(t
     result = json.loads(out.read_text())
     assert result["index"] == {"type": "exact", "screen": "bfloat16"}
     assert result["same_picks_as_baseline"] is True
+
+
+@pytest.mark.slow
+def test_serve_load_poisoned_requests_fail_alone(tmp_path, tiny_model):
+    from conftest import write_jsonl
+
+    from ragtune.embeddings import Encoder
+    from ragtune.search import Index, load_documents
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": f"passage {i} about drugs"} for i in range(30)])
+    Index.build(Encoder(tiny_model, tmp_path / "cache", show_progress=False), load_documents(corpus), tmp_path / "i")
+    out = tmp_path / "load.json"
+    command = [sys.executable, str(BENCHMARKS / "serve_load.py"), "--index", str(tmp_path / "i"), "--clients", "8"]
+    command += ["--requests", "100", "--poison", "0.1", "--large-clients", "1", "--output-json", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["poisoned_requests"] == 10 and result["poisoned_not_refused"] == 0
+    assert result["errors"] == 0 and result["large_requests_done"] >= 1 and result["large_requests_failed"] == 0
+    assert result["search_p99_ms"] > 0

@@ -217,7 +217,8 @@ def test_one_bad_request_does_not_fail_its_batch():
     async def go():
         batcher = Batcher(_Flaky(), wait_ms=50, max_batch=64)
         texts = [["a"], ["b", "c"], ["poison"], ["d"]]
-        return await asyncio.gather(*(batcher.encode(t, [1] * len(t)) for t in texts), return_exceptions=True)
+        every = asyncio.gather(*(batcher.encode(t, [1] * len(t)) for t in texts), return_exceptions=True)
+        return await asyncio.wait_for(every, 60)  # a request left waiting forever fails here
 
     results = asyncio.run(go())
     assert isinstance(results[2], ValueError)
@@ -256,8 +257,8 @@ def test_a_small_request_is_not_stuck_behind_a_huge_one():
         batcher = Batcher(encoder, wait_ms=1, max_batch_tokens=1024)
         huge = asyncio.create_task(batcher.encode([f"long {i}" for i in range(256)], [256] * 256))
         await asyncio.sleep(0.05)  # the huge request is already being encoded
-        small = await batcher.encode(["one line"], [6])
-        return small, huge.done(), await huge
+        small = await asyncio.wait_for(batcher.encode(["one line"], [6]), 60)
+        return small, huge.done(), await asyncio.wait_for(huge, 60)
 
     small, huge_done_first, huge = asyncio.run(go())
     assert small.shape == (1, 4) and huge.shape == (256, 4) and not huge_done_first

@@ -158,3 +158,16 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     report = (out / "report.md").read_text()
     assert "Where users are" in report and "| medicationqa-test | 346 |" in report and "Warning" in report
     assert summary["eval_table"].count("\n") == 2
+
+    # The benchmark that collects recipes into the README's table reads the same run.
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    table = tmp_path / "transfer.md"
+    script = ROOT / "benchmarks" / "transfer.py"
+    subprocess.run([sys.executable, script, "--run", f"pseudo={out}", "--markdown", table], check=True, cwd=tmp_path)
+    line = table.read_text().splitlines()[2]
+    tuned_minus_base = evalset["comparisons"][0]["delta"] * 100
+    assert line.startswith("| pseudo | labelled") and f"{tuned_minus_base:+.2f}" in line

@@ -64,16 +64,20 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def _check_writable_parent(path: Path) -> None:
-    parent = path.parent
+def _make_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) and check that files can be written in it; one-line errors otherwise."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise RagtuneError(f"{parent}: is a file, not a folder; cannot write {path.name} there") from None
+        raise RagtuneError(f"{folder}: it, or a folder above it, is a file") from None
     except PermissionError:
-        raise RagtuneError(f"{parent}: permission denied; cannot create it") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RagtuneError(f"{parent}: not writable; cannot write {path.name} there")
+        raise RagtuneError(f"{folder}: permission denied; cannot create it") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RagtuneError(f"{folder}: not writable")
+
+
+def _check_writable_parent(path: Path) -> None:
+    _make_folder(path.parent)
     if path.is_dir():
         raise RagtuneError(f"{path}: is a folder; name a file to write")
 
@@ -133,14 +137,7 @@ def claim_folder(folder: str | Path, kind: str, inputs: Iterable[str | Path | No
                 f"{folder}: exists, is not empty and was not made by ragtune; ragtune only replaces its own "
                 "folders: choose another output folder or empty this one"
             )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise RagtuneError(f"{folder}: a parent of this folder is a file") from None
-    except PermissionError:
-        raise RagtuneError(f"{folder}: permission denied; cannot create it") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RagtuneError(f"{folder}: not writable")
+    _make_folder(folder)
     if not (folder / MARKER).exists():
         write_json(folder / MARKER, {"kind": kind})
     return folder

@@ -88,8 +88,7 @@ class Batcher:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
                     break
-            # Keep the smallest requests' texts within the token budget; put the rest back for the next call.
-            items.sort(key=lambda item: item[:3])
+            # The queue hands out the smallest requests' texts first; what exceeds the token budget goes back.
             taken, budget = [], self.max_batch_tokens
             for item in items:
                 if taken and item[3] > budget:
