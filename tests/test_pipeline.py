@@ -60,7 +60,11 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
         ("base", "bm25"),
         ("tuned", "bm25"),
     }
-    assert all(c["verdict"] in ("significant", "not significant") for c in results["comparisons"])
+    for c in results["comparisons"]:
+        m = results["metrics"]
+        assert c["delta"] == pytest.approx(m[c["system"]][c["metric"]] - m[c["baseline"]][c["metric"]])
+        assert c["ci_low"] <= c["delta"] <= c["ci_high"]
+        assert c["verdict"] == ("significant" if c["ci_low"] > 0 or c["ci_high"] < 0 else "not significant")
     report = (out / "report.md").read_text()
     assert "| tuned |" in report and "ndcg@10" in report and "duplicate pairs dropped" in report
     assert "## ragtune evaluation" in (out / "model/README.md").read_text()
