@@ -51,7 +51,7 @@ class AdaptStats:
 def load_user_queries(path: str | Path, split: str | None = None, column: str = "text") -> list[str]:
     """Unlabelled questions as users write them: a BEIR folder's queries (only those of `qrels/<split>.tsv` when a
     split is named: the ids are read, never the judgements), or a JSONL/CSV/Parquet file's `column`."""
-    from ragtune.data import _read_frame, _read_jsonl
+    from ragtune.data import read_frame, read_jsonl
 
     path = Path(path)
     if not path.exists():
@@ -65,11 +65,11 @@ def load_user_queries(path: str | Path, split: str | None = None, column: str = 
                 raise RagtuneError(f"{path}: no qrels/{split}.tsv to take the {split!r} queries from")
             lines = qrels.read_text(encoding="utf-8").splitlines()
             keep = {line.split("\t")[0] for line in lines[1:] if line.strip()}
-        records, column, id_column = _read_jsonl(path / "queries.jsonl"), "text", "_id"
+        records, column, id_column = read_jsonl(path / "queries.jsonl"), "text", "_id"
     elif fmt == "jsonl":
-        records, id_column = _read_jsonl(path), None
+        records, id_column = read_jsonl(path), None
     elif fmt in ("csv", "parquet"):
-        records, id_column = _read_frame(path, fmt), None
+        records, id_column = read_frame(path, fmt), None
     else:
         raise RagtuneError(f"{path}: user queries must be a BEIR folder or a JSONL/CSV/Parquet file")
     queries = []

@@ -194,7 +194,7 @@ def _check_columns(path: Path, columns: Iterable[str], wanted: list[str]) -> Non
         )
 
 
-def _read_jsonl(path: Path, on_bad: Callable[[str], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_jsonl(path: Path, on_bad: Callable[[str], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) per line. A line that is not UTF-8 or not a JSON object goes to `on_bad` (which skips and
     counts it, or raises) or, without one, is an error naming the line."""
 
@@ -224,7 +224,7 @@ def _read_jsonl(path: Path, on_bad: Callable[[str], None] | None = None) -> Iter
             yield f"{path}: line {n}", record
 
 
-def _read_frame(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_frame(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
     import pandas as pd
 
     try:
@@ -253,7 +253,7 @@ def load_table(
     path: Path, fmt: str, query_column: str, passage_column: str, skip_bad_rows: bool, group_column: str | None = None
 ) -> PairData:
     builder = _Builder(str(path), fmt, skip_bad_rows, group_column)
-    rows = _read_jsonl(path, builder.bad) if fmt == "jsonl" else _read_frame(path, fmt)
+    rows = read_jsonl(path, builder.bad) if fmt == "jsonl" else read_frame(path, fmt)
     where, record = _first_columns(path, rows)
     _check_columns(path, record.keys(), [query_column, passage_column] + ([group_column] if group_column else []))
     builder.row(record, where, query_column, passage_column)
@@ -292,7 +292,7 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         if not needed.exists():
             raise RagtuneError(f"{folder}: not a BEIR folder, {needed.name} is missing")
     builder = _Builder(str(folder), "beir", skip_bad_rows)
-    for where, rec in _read_jsonl(corpus_file, builder.bad):
+    for where, rec in read_jsonl(corpus_file, builder.bad):
         if "_id" not in rec:
             raise RagtuneError(f"{where}: field '_id' is missing")
         text = builder.text(rec.get("text"), where, "text")
@@ -302,7 +302,7 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         if isinstance(title, str) and title.strip():
             text = f"{title.strip()} {text}"  # BEIR's convention for dense retrievers
         builder.add_passage(text, str(rec["_id"]))
-    for where, rec in _read_jsonl(queries_file, builder.bad):
+    for where, rec in read_jsonl(queries_file, builder.bad):
         if "_id" not in rec:
             raise RagtuneError(f"{where}: field '_id' is missing")
         text = builder.text(rec.get("text"), where, "text")

@@ -55,7 +55,7 @@ def load_model(
     if backend != "torch":
         if backend not in BACKENDS:
             raise RagtuneError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        from ragtune.export import OnnxModel
+        from ragtune.onnx_backend import OnnxModel
 
         model = OnnxModel(resolve_model(name), backend)
         if max_seq_length:

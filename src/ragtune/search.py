@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragtune.data import DATA_MARKER, _read_frame, _read_jsonl, detect_format, text_id
+from ragtune.data import DATA_MARKER, detect_format, read_frame, read_jsonl, text_id
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.outputs import check_no_overlap, claim_folder, recover_folder, replace_folder, write_json, write_jsonl
@@ -126,7 +126,7 @@ def load_documents(path: str | Path, text_column: str = "text", id_column: str =
         return [Document(i, t) for i, t in zip(ds["id"], ds["text"], strict=True)]
     fmt = detect_format(path)
     if fmt == "beir":
-        records = _read_jsonl(path / "corpus.jsonl")
+        records = read_jsonl(path / "corpus.jsonl")
         text_column, id_column = "text", "_id"
     elif fmt == "hf":
         try:
@@ -137,9 +137,9 @@ def load_documents(path: str | Path, text_column: str = "text", id_column: str =
             raise RagtuneError(f"{path}: a DatasetDict; point at one split's folder, or a ragtune data folder")
         records = ((f"{path}: row {i + 1}", r) for i, r in enumerate(ds))
     elif fmt == "jsonl":
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
     elif fmt in ("csv", "parquet"):
-        records = _read_frame(path, fmt)
+        records = read_frame(path, fmt)
     else:
         raise RagtuneError(f"{path}: not a corpus format ragtune can search (use JSONL, CSV, Parquet or BEIR)")
     docs: dict[str, Document] = {}
