@@ -118,10 +118,11 @@ def test_chunks_fit_the_model_and_overlap(tmp_path):
     chunks = chunk_document(long_doc, tok, max_tokens=64, overlap=16)
     assert len(chunks) > 5
     for c in chunks:
-        assert c.text in long_doc.text and len(tok(c.text, add_special_tokens=False)["input_ids"]) <= 64
+        assert c.text in long_doc.text and len(tok(c.text)["input_ids"]) <= 64  # [CLS] and [SEP] included
         assert c.metadata == {"title": "T"} and c.doc_id == "d"
     for a, b in zip(chunks, chunks[1:], strict=False):
         assert a.text[-20:] in long_doc.text and set(a.text.split()[-5:]) & set(b.text.split()[:30])
+    assert max(len(tok(c.text)["input_ids"]) for c in chunks) >= 60  # the budget is used, not halved
     ends = sum(bool(re.search(r"[.!?][\"')\]]?$", c.text)) for c in chunks[:-1])
     assert ends >= len(chunks[:-1]) // 2  # most chunks end at a sentence end
     covered = "".join(c.text for c in chunks)
@@ -130,3 +131,21 @@ def test_chunks_fit_the_model_and_overlap(tmp_path):
     assert stats["chunks"] > stats["documents"] and stats["longest_chunk_tokens"] <= 128
     with pytest.raises(RagtuneError, match="overlap"):
         chunk_document(long_doc, tok, max_tokens=16, overlap=16)
+
+
+def test_sentences_keep_biomedical_abbreviations_whole():
+    from ragtune.sentences import sentence_ends
+    from ragtune.synth import sentences
+
+    text = (
+        "Smith et al. showed this in Fig. 2 of the paper. The effect was 0.5 mg (p < 0.01). Dr. J. Jones agreed, "
+        "e.g. in vol. 3. Did it hold? Yes!"
+    )
+    assert sentences(text) == [
+        "Smith et al. showed this in Fig. 2 of the paper.",
+        "The effect was 0.5 mg (p < 0.01).",
+        "Dr. J. Jones agreed, e.g. in vol. 3.",
+        "Did it hold?",
+        "Yes!",
+    ]
+    assert [text[:e][-6:] for e in sentence_ends(text)] == ["paper.", "0.01).", "ol. 3.", " hold?", "? Yes!"]

@@ -9,15 +9,13 @@ when one lies in its second half, so chunks rarely stop mid-sentence.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.errors import RagtuneError
 from ragtune.outputs import atomic_open
 from ragtune.search import Document, load_documents
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s")
+from ragtune.sentences import sentence_ends
 
 
 @dataclass
@@ -30,17 +28,23 @@ class Chunk:
 
 
 def chunk_document(doc: Document, tokenizer, max_tokens: int = 256, overlap: int = 32) -> list[Chunk]:
+    """Windows of at most `max_tokens` tokens as the model sees them, its special tokens ([CLS], [SEP]) included:
+    a 256-token chunk for a 256-token model would otherwise lose its last words to truncation."""
+    max_tokens -= tokenizer.num_special_tokens_to_add(pair=False)
     if overlap >= max_tokens:
-        raise RagtuneError(f"overlap ({overlap}) must be smaller than max_tokens ({max_tokens})")
+        raise RagtuneError(
+            f"overlap ({overlap}) must be smaller than max_tokens less the special tokens ({max_tokens})"
+        )
     offsets = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     if len(offsets) <= max_tokens:
         return [Chunk(f"{doc.id}#0", doc.text.strip(), doc.id, 0, dict(doc.metadata))]
     chunks = []
     start = 0
+    ends = sentence_ends(doc.text)
     while start < len(offsets):
         end = min(start + max_tokens, len(offsets))
         if end < len(offsets):
-            end = _sentence_end(doc.text, offsets, start, end)
+            end = _sentence_end(ends, offsets, start, end)
         text = doc.text[offsets[start][0] : offsets[end - 1][1]].strip()
         # A slice can tokenize a little longer than the tokens it was cut from (a word's pieces re-merge at the
         # edges): shorten until the model sees all of it.
@@ -61,17 +65,15 @@ def _word_start(text: str, offsets: list, i: int, lowest: int) -> int:
     return i
 
 
-def _sentence_end(text: str, offsets: list, start: int, end: int) -> int:
+def _sentence_end(ends: list[int], offsets: list, start: int, end: int) -> int:
     """The token after the last sentence end in the window's second half, or `end` if there is none."""
     half = start + (end - start) // 2
-    window = text[offsets[half][0] : offsets[end - 1][1] + 1]
-    last = None
-    for m in _SENTENCE_END.finditer(window):
-        last = offsets[half][0] + m.start() + 1
-    if last is None:
+    low, high = offsets[half][0], offsets[end - 1][1]
+    inside = [e for e in ends if low < e <= high]
+    if not inside:
         return end
     for i in range(end - 1, half, -1):
-        if offsets[i][1] <= last:
+        if offsets[i][1] <= inside[-1]:
             return i + 1
     return end
 
@@ -101,5 +103,5 @@ def chunk_corpus(
                 record = {**c.metadata, "id": c.id, "text": c.text, "doc_id": c.doc_id, "chunk": c.chunk}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n_chunks += 1
-                longest = max(longest, len(tokenizer(c.text, add_special_tokens=False)["input_ids"]))
+                longest = max(longest, len(tokenizer(c.text)["input_ids"]))
     return {"documents": len(documents), "chunks": n_chunks, "longest_chunk_tokens": longest, "out": str(out)}

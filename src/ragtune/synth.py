@@ -22,10 +22,10 @@ from pathlib import Path
 from ragtune.errors import RagtuneError
 from ragtune.outputs import write_jsonl
 from ragtune.search import Document, load_documents
+from ragtune.sentences import split_sentences
 
 OFFLINE_METHODS = ("title", "ict", "crop")
 METHODS = (*OFFLINE_METHODS, "llm")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 
 
@@ -53,7 +53,7 @@ def doc_rng(seed: int, doc_id: str, method: str) -> random.Random:
 
 
 def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    return split_sentences(text)
 
 
 def split_title(doc: Document) -> tuple[str, str] | None:
