@@ -116,9 +116,7 @@ def _docs():
 
 
 def _settings(url, **kw):
-    return LLMSettings(
-        **{"base_url": url, "model": "fake", "api_key_env": "FAKE_LLM_KEY", "backoff": 0.01, "round_trip_k": 1, **kw}
-    )
+    return LLMSettings(**{"base_url": url, "model": "fake", "api_key_env": "FAKE_LLM_KEY", "round_trip_k": 1, **kw})
 
 
 def test_a_question_asked_twice_stays_with_the_first_passage_whatever_order_the_answers_arrived(tmp_path):

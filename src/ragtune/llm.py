@@ -6,18 +6,16 @@ a re-run asks only for passages not in it. Filtering runs afterwards over the ra
 costs a new generation: preambles and numbering are stripped, duplicates dropped, questions that copy a long span of
 their passage dropped, and (round trip) a question is kept only if the base model ranks its passage in the top k.
 
-Written on plain httpx rather than the `openai` client: the retry policy (429 with Retry-After, 5xx, dropped
-connections) and the resumable log must be ours to test against a local fake server.
+Requests go through the `openai` client, whose retry policy (429 with Retry-After, 5xx, dropped connections,
+exponential backoff) is the one OpenAI-compatible servers expect; the resumable log is ragtune's own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -49,7 +47,6 @@ class LLMSettings:
     retries: int = 5
     timeout: float = 120.0
     temperature: float = 0.7
-    backoff: float = 1.0  # seconds before the first retry; doubles each time (with jitter), Retry-After wins
     max_copied_words: int = 10  # drop a question sharing this many consecutive words with its passage
     round_trip_k: int = 20  # keep a question only if its passage ranks in the base model's top k (0: off)
     round_trip_model: str = "default"
@@ -130,53 +127,56 @@ def copies_passage(question: str, passage: str, words: int) -> bool:
 
 
 class _Client:
-    def __init__(self, settings: LLMSettings, stats: LLMStats):
-        import httpx
+    """The `openai` client does the retrying (429 honouring Retry-After, 408/409, 5xx, dropped connections, with
+    exponential backoff and jitter); an httpx hook counts the attempts so the stats can say how many were retries."""
 
-        self.settings = settings
-        self.stats = stats
-        self.lock = threading.Lock()
-        key = os.environ.get(settings.api_key_env, "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=settings.base_url.rstrip("/"), headers=headers, timeout=settings.timeout)
+    def __init__(self, settings: LLMSettings, stats: LLMStats):
+        try:
+            import httpx
+            import openai
+        except ImportError as err:
+            raise RagtuneError("synth --method llm needs the llm extra: pip install 'ragtune[llm]'") from err
+
+        self.settings, self.stats, self.lock = settings, stats, threading.Lock()
+        self.attempts = 0
+        http = httpx.Client(timeout=settings.timeout, event_hooks={"request": [self._count]})
+        self.client = openai.OpenAI(
+            base_url=settings.base_url.rstrip("/"),
+            api_key=os.environ.get(settings.api_key_env) or "unused",  # local servers take any key
+            max_retries=settings.retries,
+            timeout=settings.timeout,
+            http_client=http,
+        )
+
+    def _count(self, request) -> None:
+        with self.lock:
+            self.attempts += 1
 
     def ask(self, passage: str) -> str:
-        import httpx
+        import openai
 
         s = self.settings
-        body = {
-            "model": s.model,
-            "temperature": s.temperature,
-            # Plain replacement, not str.format: a template may show a JSON example with braces of its own.
-            "messages": [
-                {"role": "user", "content": s.prompt.replace("{passage}", passage).replace("{n}", str(s.questions))}
-            ],
-        }
-        error = ""
-        for attempt in range(s.retries + 1):
-            if attempt:
-                with self.lock:
-                    self.stats.retries += 1
-            wait = s.backoff * 2**attempt * (0.5 + random.random())
-            try:
-                reply = self.http.post("/chat/completions", json=body)
-            except httpx.TransportError as err:
-                error = f"connection: {err}"
-                time.sleep(wait)
-                continue
-            if reply.status_code == 200:
-                try:
-                    return reply.json()["choices"][0]["message"]["content"]
-                except (ValueError, KeyError, IndexError, TypeError) as err:
-                    raise RagtuneError(
-                        f"{s.base_url}: not a chat-completions answer ({err}): {reply.text[:200]}"
-                    ) from err
-            error = f"HTTP {reply.status_code}: {reply.text[:200]}"
-            if reply.status_code not in (408, 409, 429) and reply.status_code < 500:
-                raise RagtuneError(f"{s.base_url}/chat/completions refused the request: {error}")
-            retry_after = reply.headers.get("retry-after")
-            time.sleep(float(retry_after) if retry_after and retry_after.replace(".", "").isdigit() else wait)
-        raise RuntimeError(error)
+        # Plain replacement, not str.format: a template may show a JSON example with braces of its own.
+        content = s.prompt.replace("{passage}", passage).replace("{n}", str(s.questions))
+        try:
+            reply = self.client.chat.completions.create(
+                model=s.model, temperature=s.temperature, messages=[{"role": "user", "content": content}]
+            )
+        except openai.APIStatusError as err:
+            retryable = err.status_code in (408, 409, 429) or err.status_code >= 500
+            if not retryable:
+                message = f"{s.base_url}/chat/completions refused the request: HTTP {err.status_code}"
+                raise RagtuneError(message) from err
+            raise RuntimeError(f"HTTP {err.status_code}: {str(err)[:200]}") from err
+        except openai.APIConnectionError as err:
+            raise RuntimeError(f"connection: {err}") from err
+        try:
+            return reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as err:
+            raise RagtuneError(f"{s.base_url}: not a chat-completions answer ({err})") from err
+
+    def retries(self, asked: int) -> int:
+        return self.attempts - asked
 
 
 def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, progress: bool = True) -> LLMStats:
@@ -206,6 +206,7 @@ def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, p
             with write_lock:
                 out.write(json.dumps({"doc_id": doc.id, "content": content}, ensure_ascii=False) + "\n")
                 out.flush()
+    stats.retries = client.retries(len(futures))
     return stats
 
 
