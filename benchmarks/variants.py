@@ -59,15 +59,6 @@ PRESETS = {
 }
 
 
-def _set(config: dict, item: str) -> None:
-    key, value = item.split("=", 1)
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = yaml.safe_load(value)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=list(PRESETS))
@@ -80,12 +71,11 @@ def main() -> None:
     args.out_root = args.out_root or Path("runs") / args.preset
     args.output_json = args.output_json or Path("benchmarks/results") / f"{args.preset}.json"
 
-    from ragtune.config import load_config
+    from ragtune.config import load_config, set_values
 
     base_config = yaml.safe_load(args.config.read_text())
     base_config["data"]["path"] = str(Path(load_config(args.config).data.path).resolve())  # the variants live elsewhere
-    for item in args.overrides:
-        _set(base_config, item)
+    set_values(base_config, args.overrides)
     args.out_root.mkdir(parents=True, exist_ok=True)
     shared_cache = (args.out_root / "cache").resolve()
     shared_cache.mkdir(exist_ok=True)

@@ -45,3 +45,19 @@ def test_bad_configs_name_the_setting(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(RagtuneError, match=re.escape(message)):
         load_config(tmp_path / "c.yaml")
+
+
+def test_set_overrides_nested_values_and_names_bad_keys(tmp_path):
+    from ragtune.config import RunConfig, override
+
+    cfg = RunConfig()
+    changed = override(cfg, ["train.epochs=2", "data.corpus=/x", "adapt.methods=[ict, crop]", "synth.corpus=c"])
+    assert changed.train.epochs == 2 and changed.data.corpus == "/x" and changed.adapt.methods == ["ict", "crop"]
+    assert changed.synth.corpus == "c" and cfg.train.epochs == 1  # the original is not changed
+    assert override(changed, ["data.corpus=null"]).data.corpus is None
+    with pytest.raises(RagtuneError, match="train.epochz"):
+        override(cfg, ["train.epochz=2"])
+    with pytest.raises(RagtuneError, match="expects key=value"):
+        override(cfg, ["train.epochs"])
+    with pytest.raises(RagtuneError, match="'output_dir' is not a section"):
+        override(cfg, ["output_dir.x=1"])

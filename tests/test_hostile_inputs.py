@@ -419,3 +419,11 @@ def test_serve_without_the_extra_says_how_to_install(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     _fails_cleanly(["serve", tmp_path / "index"], "ragtune[serve]")
+
+
+def test_run_set_names_a_bad_key_before_any_work(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(5))
+    (tmp_path / "c.yaml").write_text(f"data:\n  path: {src}\noutput_dir: {tmp_path / 'run'}\n")
+    _fails_cleanly(["run", tmp_path / "c.yaml", "--set", "train.epochz=3"], "train.epochz")
+    _fails_cleanly(["run", tmp_path / "c.yaml", "--set", "train.epochs=[1, 2"], "train.epochs", "YAML")
+    assert not (tmp_path / "run").exists()

@@ -19,11 +19,11 @@ from ragtune.config import (
     DataConfig,
     EvalConfig,
     MiningConfig,
-    RunConfig,
     SplitConfig,
     TrainConfig,
     format_validation_error,
     load_config,
+    override,
 )
 from ragtune.errors import RagtuneError
 from ragtune.outputs import check_file_output, write_json, write_text
@@ -538,7 +538,7 @@ def search_cmd(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Top-k passages for each query with cosine scores, from a persisted index or a model plus a corpus."""
-    from ragtune.search import corpus_cache_dir, hits_to_json, search, search_index
+    from ragtune.search import corpus_cache_dir, hits_to_json, parse_filters, search, search_index
 
     queries = list(query or [])
     if queries_file:
@@ -547,7 +547,7 @@ def search_cmd(
         queries += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
     if not queries:
         raise RagtuneError("give a query, or --queries-file")
-    filters = dict(_key_value(f, "--filter") for f in filter_ or [])
+    filters = parse_filters(filter_ or [])
     if (Path(model) / "index.json").exists():
         hits = search_index(model, queries, k, filters or None, show_progress=not as_json)
     else:
@@ -608,15 +608,6 @@ def serve_cmd(
     )
 
 
-def _key_value(item: str, option: str) -> tuple[str, Any]:
-    import yaml
-
-    if "=" not in item:
-        raise RagtuneError(f"{option} expects key=value, got {item!r}")
-    key, value = item.split("=", 1)
-    return key, yaml.safe_load(value)
-
-
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
@@ -632,23 +623,8 @@ def run_cmd(
 
     from ragtune.pipeline import run
 
-    cfg = load_config(config)
-    raw = cfg.model_dump()
-    if output_dir:
-        raw["output_dir"] = output_dir
-    for item in set_ or []:
-        key, value = _key_value(item, "--set")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise RagtuneError(f"--set {key}: no section {p!r}")
-            node = node[p]
-        node[leaf] = value
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as err:
-        raise RagtuneError(f"{config}: {format_validation_error(err)}") from err
+    overrides = [f"output_dir={output_dir}"] if output_dir else []
+    cfg = override(load_config(config), overrides + list(set_ or []), str(config))
     run(cfg, allow_regression=allow_regression)
 
 

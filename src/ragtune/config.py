@@ -284,6 +284,36 @@ def _beside(config_file: Path, value: str | None) -> str | None:
     return value
 
 
+def set_values(raw: dict, items: list[str], option: str = "--set") -> dict:
+    """Apply `key.path=value` overrides (values read as YAML: `2`, `null`, `[a, b]`) to a config dict, in place."""
+    for item in items:
+        if "=" not in item:
+            raise RagtuneError(f"{option} expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}  # an optional section not in the config yet (synth, say)
+            if not isinstance(node[part], dict):
+                raise RagtuneError(f"{option} {key}: {part!r} is not a section")
+            node = node[part]
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise RagtuneError(f"{option} {key}: the value is not valid YAML ({err})") from err
+    return raw
+
+
+def override(config: RunConfig, items: list[str], source: str = "--set") -> RunConfig:
+    """`config` with `set_values` applied, validated again (a typo in a key is an error naming it)."""
+    raw = set_values(config.model_dump(), items)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise RagtuneError(f"{source}: {format_validation_error(err)}") from err
+
+
 def format_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():

@@ -348,3 +348,16 @@ def index_corpus(
     if (out / INDEX_META).exists():
         raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
     return Index.build(encoder, documents, out), len(documents), len(documents)
+
+
+def parse_filters(items: list[str]) -> dict:
+    """`field=value` strings (values read as YAML, so `year=2020` is a number) as a metadata filter."""
+    import yaml
+
+    filters = {}
+    for item in items:
+        if "=" not in item:
+            raise RagtuneError(f"--filter expects field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        filters[key] = yaml.safe_load(value)
+    return filters
