@@ -301,7 +301,7 @@ def set_values(raw: dict, items: list[str], option: str = "--set") -> dict:
         try:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise RagtuneError(f"{option} {key}: the value is not valid YAML ({err})") from err
+            raise RagtuneError(f"{option} {key}: the value is not valid YAML ({' '.join(str(err).split())})") from err
     return raw
 
 
