@@ -53,3 +53,12 @@ def test_report_breaks_results_down_by_synthesis_method():
     assert rows["title"]["tuned_vs_base"]["significant"] and not rows["ict"]["tuned_vs_base"]["significant"]
     table = by_method_table(rows, ["base", "tuned"])
     assert "| title | 20 | 0.5000 | 0.9000 | +40.00" in table
+
+
+def test_holm_adjusts_by_rank_and_keeps_order():
+    from ragtune.significance import Comparison, holm
+
+    ps = [0.01, 0.04, 0.03, 0.5]
+    comparisons = holm([Comparison("m", "a", f"s{i}", 0, 0, 0, p, 10) for i, p in enumerate(ps)])
+    # sorted: 0.01*4, 0.03*3, 0.04*2, 0.5*1 -> 0.04, 0.09, 0.09 (monotone), 0.5
+    assert [c.p_holm for c in comparisons] == pytest.approx([0.04, 0.09, 0.09, 0.5])

@@ -291,7 +291,7 @@ def compare_stage(
     comparisons, e.g. ("bm25", "tuned")."""
     from ragtune.metrics import METRICS
     from ragtune.report import compare_all
-    from ragtune.significance import mean_ci
+    from ragtune.significance import holm, mean_ci
 
     named = models if isinstance(models, dict) else {m: m for m in dict.fromkeys(models)}
     result = evaluate_stage(named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data)
@@ -299,6 +299,7 @@ def compare_stage(
     per_query = result["per_query"]
     comparisons = compare_all(per_query, systems[0], systems[1:])
     comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
+    holm(comparisons)
     return {
         "systems": systems,
         "metrics": {s: result["metrics"][s] for s in systems},

@@ -13,7 +13,7 @@ from typing import Any
 
 from ragtune.metrics import METRICS
 from ragtune.outputs import write_json, write_text
-from ragtune.significance import Comparison, compare, mean_ci
+from ragtune.significance import Comparison, compare, holm, mean_ci
 
 HEADLINE = "ndcg@10"
 COMPARED = ("ndcg@10", "mrr@10", "recall@10")
@@ -49,12 +49,22 @@ def metrics_table(
 
 
 def comparison_table(comparisons: list[Comparison]) -> str:
-    lines = ["| system | vs | metric | difference | 95% CI | p | verdict |", "|---|---|---|---:|---:|---:|---|"]
+    """One row per comparison; with Holm-adjusted p-values (`significance.holm`), a column and a note for them."""
+    adjusted = any(c.p_holm is not None for c in comparisons)
+    head = "| system | vs | metric | difference | 95% CI | p |" + (" Holm p |" if adjusted else "") + " verdict |"
+    lines = [head, "|---|---|---|---:|---:|---:|" + ("---:|" if adjusted else "") + "---|"]
     for c in comparisons:
+        holm_cell = f" {c.p_holm:.3f} |" if adjusted else ""
         lines.append(
             f"| {c.system} | {c.baseline} | {c.metric} | {c.delta * 100:+.2f} pts | "
-            f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}] | {c.p_value:.3f} | {c.verdict} |"
+            f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}] | {c.p_value:.3f} |{holm_cell} {c.verdict} |"
         )
+    if adjusted:
+        lines += [
+            "",
+            f"{len(comparisons)} comparisons on the same queries: 'Holm p' is each p adjusted for all of them "
+            "(Holm's method), the one to read when asking whether any difference is real.",
+        ]
     return "\n".join(lines)
 
 
@@ -130,8 +140,10 @@ def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
                 for c in r["comparisons"]
                 if (c["baseline"], c["system"], c["metric"]) == (baseline, "tuned", HEADLINE)
             )
+            holm_p = f" (Holm {c['p_holm']:.3f})" if c.get("p_holm") is not None else ""
             diffs.append(
-                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], {c['p_value']:.3f}"
+                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], "
+                f"{c['p_value']:.3f}{holm_p}"
             )
         lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
     return "\n".join(lines)
@@ -211,7 +223,7 @@ def summarise_run(out: Path, resolved_yaml: str, guard_on: str = "validation") -
     triplet = {**test_base["triplet_accuracy"], **test_tuned["triplet_accuracy"]}
     systems = [s for s in ("bm25", "base", "tuned") if s in metrics]
     cis = {s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems}
-    comparisons = compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"])
+    comparisons = holm(compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"]))
     headline = next(c for c in comparisons if c.baseline == "base" and c.metric == HEADLINE)
     conclusion = verdict(metrics, headline)
     sets = {}
