@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from helpers import split_folder
 
 from ragtune.config import TrainConfig
@@ -214,3 +215,26 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
     (tmp_path / "checkpoint-latest").mkdir()
     with pytest.warns(UserWarning, match="cut off while being saved"):
         assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+
+
+def test_checkpoints_are_chosen_on_the_reports_graded_metric(tiny_model):
+    """The trainer's validation NDCG@10 is the report's: graded judgements count by grade, as in evaluate."""
+    from ragtune.data import LoadStats, PairData
+    from ragtune.embeddings import load_model
+    from ragtune.evaluate import evaluate_systems
+    from ragtune.validation import GradedRetrievalEvaluator
+
+    corpus = {f"p{i}": f"passage {i} about the {t}" for i, t in enumerate(["heart", "lung", "liver", "bone"] * 5)}
+    queries = {f"q{i}": f"what about the {t} {i}?" for i, t in enumerate(["heart", "lung", "liver", "bone"])}
+    # Two judged passages per query, one far more relevant: binary NDCG would not tell them apart.
+    qrels = {f"q{i}": {f"p{i}": 1.0, f"p{i + 4}": 3.0} for i in range(4)}
+    data = PairData(corpus, queries, qrels, LoadStats("x", "-"))
+    got = GradedRetrievalEvaluator(data, "validation")(load_model(tiny_model))
+    expected = evaluate_systems({"m": str(tiny_model)}, data, bm25=False).metrics["m"]
+    for metric, value in expected.items():
+        assert got[f"validation_cosine_{metric}"] == pytest.approx(value, abs=1e-6), metric
+    binary = {q: {p: 1.0 for p in rel} for q, rel in qrels.items()}
+    binary_ndcg = evaluate_systems(
+        {"m": str(tiny_model)}, PairData(corpus, queries, binary, LoadStats("x", "-")), bm25=False
+    )
+    assert binary_ndcg.metrics["m"]["ndcg@10"] != pytest.approx(got["validation_cosine_ndcg@10"], abs=1e-6)

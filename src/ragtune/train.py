@@ -226,41 +226,23 @@ def _has_cuda() -> bool:
 
 
 def validation_evaluator(data_dir: Path, batch_size: int, dims: list[int] | None = None):
-    """Retrieval on the validation queries over every passage of the dataset, as the final evaluation does; with
-    Matryoshka sizes, also at each smaller size (metrics named validation_dim<N>)."""
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
-        SequentialEvaluator,
-    )
+    """Retrieval on the validation queries over every passage of the dataset, scored with the graded metrics the
+    report shows (`ragtune.metrics`); with Matryoshka sizes, also at each smaller size (`validation_dim<N>`)."""
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    from ragtune.validation import GradedRetrievalEvaluator
 
     data = load_ragtune_data(data_dir)
     qids = (data.splits or {}).get("validation", [])
     if not qids:
         return None
     val = data.subset(qids)
-    relevant = {q: set(rel) for q, rel in val.qrels.items()}
-
-    def evaluator(name: str, dim: int | None):
-        return InformationRetrievalEvaluator(
-            queries=val.queries,
-            corpus=data.corpus,
-            relevant_docs=relevant,
-            name=name,
-            batch_size=batch_size,
-            show_progress_bar=True,
-            write_csv=False,
-            accuracy_at_k=[1, 10],
-            precision_recall_at_k=[1, 10, 100],
-            mrr_at_k=[10],
-            ndcg_at_k=[10],
-            map_at_k=[100],
-            truncate_dim=dim,
-        )
-
-    full = evaluator("validation", None)
+    full = GradedRetrievalEvaluator(val, "validation", batch_size)
     if not dims or len(dims) < 2:
         return full
-    return SequentialEvaluator([full] + [evaluator(f"validation_dim{d}", d) for d in dims[1:]])
+    return SequentialEvaluator(
+        [full] + [GradedRetrievalEvaluator(val, f"validation_dim{d}", batch_size, d) for d in dims[1:]]
+    )
 
 
 def _training_columns(ds, use_negatives: bool):
