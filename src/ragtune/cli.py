@@ -10,21 +10,32 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel, ValidationError
 
 from ragtune.config import (
+    Adapter,
     DataConfig,
+    DataFormat,
     EvalConfig,
+    IndexKind,
+    Loss,
     MiningConfig,
+    NegativesFrom,
+    Precision,
+    Sampling,
+    Screen,
+    SplitBy,
     SplitConfig,
+    Strategy,
     TrainConfig,
     format_validation_error,
     load_config,
     override,
 )
+from ragtune.embeddings import Backend
 from ragtune.errors import RagtuneError
 from ragtune.outputs import check_file_output, write_json, write_text
 
@@ -70,7 +81,9 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (BEIR layout + stats.json).")] = Path(
         "prepared"
     ),
-    format: Annotated[str | None, typer.Option(help="auto, jsonl, csv, parquet, hf, beir or pubmedqa.")] = None,
+    format: Annotated[
+        DataFormat | None, typer.Option(help="Input format (auto: by extension or folder layout).")
+    ] = None,
     query_column: QueryColOpt = None,
     passage_column: PassageColOpt = None,
     skip_bad_rows: Annotated[
@@ -112,12 +125,14 @@ def mine_cmd(
         "mined"
     ),
     model: ModelOpt = None,
-    strategy: Annotated[str | None, typer.Option(help="least-similar (classic), hard, random or none.")] = None,
+    strategy: Annotated[
+        Strategy | None, typer.Option(help="Negatives: least-similar (classic), hard, random, none.")
+    ] = None,
     num_negatives: Annotated[int | None, typer.Option(help="Negatives per row.")] = None,
     range_min: Annotated[int | None, typer.Option(help="hard: skip this many top candidates.")] = None,
     range_max: Annotated[int | None, typer.Option(help="hard: consider candidates up to this rank.")] = None,
     sampling: Annotated[
-        str | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")
+        Sampling | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")
     ] = None,
     margin: Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")] = None,
     max_score: Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")] = None,
@@ -125,13 +140,15 @@ def mine_cmd(
         float | None, typer.Option(help="hard: drop candidates at least this similar to a positive (e.g. 0.98).")
     ] = None,
     negatives_from: Annotated[
-        str | None,
+        NegativesFrom | None,
         typer.Option(help="train: training rows never get a validation/test passage (split from --config); all."),
     ] = None,
-    index: Annotated[str | None, typer.Option(help="auto, exact or ivf (approximate, for large corpora).")] = None,
+    index: Annotated[
+        IndexKind | None, typer.Option(help="Candidate search; ivf is approximate, for large corpora.")
+    ] = None,
     nprobe: Annotated[int | None, typer.Option(help="ivf: clusters searched per query.")] = None,
     screen: Annotated[
-        str | None,
+        Screen | None,
         typer.Option(help="least-similar, exact: bfloat16 screen + float32 rescoring, same picks (auto, on, off)."),
     ] = None,
     cross_encoder: Annotated[
@@ -194,7 +211,7 @@ def split_cmd(
         str | None, typer.Option(help="Also push to this Hub dataset repo (token: HF_TOKEN).")
     ] = None,
     split_by: Annotated[
-        str | None, typer.Option(help="pair (by query), passage (no passage in two splits) or group.")
+        SplitBy | None, typer.Option(help="pair (by query), passage (no passage in two splits) or group.")
     ] = None,
     near_duplicate_cosine: Annotated[
         float | None, typer.Option(help="Leakage report: cosine at which texts count as near-identical (0.95).")
@@ -319,20 +336,22 @@ def train_cmd(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed (default 42).")] = None,
     loss: Annotated[
-        str | None, typer.Option(help="mnrl or cached-mnrl (GradCache: big batches, little memory).")
+        Loss | None, typer.Option(help="mnrl or cached-mnrl (GradCache: big batches, little memory).")
     ] = None,
     mini_batch_size: Annotated[int | None, typer.Option(help="cached-mnrl: texts per forward pass.")] = None,
     matryoshka_dims: Annotated[
         str | None, typer.Option(help="Comma-separated embedding sizes to train for, e.g. 384,256,128,64.")
     ] = None,
     guide_model: Annotated[str | None, typer.Option(help="GISTEmbed guide model (filters false negatives).")] = None,
-    adapter: Annotated[str | None, typer.Option(help="none or lora (PEFT adapter, merged into model/).")] = None,
+    adapter: Annotated[Adapter | None, typer.Option(help="none or lora (PEFT adapter, merged into model/).")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="lora: adapter rank (default 16).")] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option("--group-by-length/--no-group-by-length", help="Batches of similar lengths (less padding)."),
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 (GPUs; CPUs with AMX) or fp16 (CUDA).")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option(help="fp32, bf16 (GPUs; CPUs with AMX) or fp16 (CUDA).")
+    ] = None,
     attention_dropout: Annotated[
         str | None, typer.Option(help="Attention dropout while training: a rate (default 0) or 'model' (its own).")
     ] = None,
@@ -478,7 +497,7 @@ def index_cmd(
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
     id_column: Annotated[str, typer.Option(help="Id column (default: a hash of the text).")] = "id",
     add: Annotated[bool, typer.Option("--add", help="Append new documents to an existing index.")] = False,
-    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (after `ragtune export`).")] = "torch",
+    backend: Annotated[Backend, typer.Option(help="onnx and onnx-int8 after `ragtune export`.")] = "torch",
     max_seq_length: SeqOpt = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
     cache_dir: CacheOpt = None,
@@ -499,7 +518,7 @@ def index_cmd(
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model folder to export (the files land in MODEL/onnx/).")],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format so far).")] = False,
-    quantize: Annotated[str | None, typer.Option(help="Also write an int8 model: 'int8'.")] = None,
+    quantize: Annotated[Literal["int8"] | None, typer.Option(help="Also write an int8 model.")] = None,
     min_cosine: Annotated[float, typer.Option(help="Refuse an export whose embeddings agree less with torch.")] = 0.99,
 ) -> None:
     """Export to ONNX through torch.onnx (optionally int8), verified against the torch model on probe texts.

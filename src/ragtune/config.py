@@ -13,7 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ragtune.errors import RagtuneError
 
+# The choices of each enumerated setting, shared by the config (validation) and the CLI (--help lists them).
 DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf", "beir", "pubmedqa"]
+Strategy = Literal["least-similar", "hard", "random", "none"]
+Sampling = Literal["top", "random"]
+NegativesFrom = Literal["train", "all"]
+IndexKind = Literal["auto", "exact", "ivf"]
+Screen = Literal["auto", "on", "off"]
+SplitBy = Literal["pair", "passage", "group"]
+Loss = Literal["mnrl", "cached-mnrl"]
+Adapter = Literal["none", "lora"]
+Precision = Literal["fp32", "bf16", "fp16"]
+SynthMethod = Literal["title", "ict", "crop"]
+AdaptMethod = Literal["pseudo", "ict", "crop", "title"]
 
 
 class Settings(BaseModel):
@@ -47,7 +59,7 @@ class DataConfig(Settings):
 
 class SynthConfig(Settings):
     corpus: str = Field(description="Documents without queries: BEIR folder, JSONL/CSV/Parquet, saved dataset.")
-    methods: list[Literal["title", "ict", "crop"]] = Field(["title", "ict", "crop"], min_length=1)
+    methods: list[SynthMethod] = Field(["title", "ict", "crop"], min_length=1)
     chunk_tokens: int | None = Field(None, ge=16, description="Chunk documents into passages of this many tokens.")
     chunk_overlap: int = Field(32, ge=0)
     text_column: str = "text"
@@ -56,7 +68,7 @@ class SynthConfig(Settings):
 
 
 class AdaptConfig(Settings):
-    methods: list[Literal["pseudo", "ict", "crop", "title"]] = Field(
+    methods: list[AdaptMethod] = Field(
         ["pseudo"],
         description="Train-only pairs made from data.corpus: pseudo (user queries paired where BM25 and the base "
         "model agree), ict/crop/title (synthetic, ragtune.synth). Used only when data.corpus is set.",
@@ -73,11 +85,11 @@ class EvalSetConfig(Settings):
 
 
 class MiningConfig(Settings):
-    strategy: Literal["least-similar", "hard", "random", "none"] = "least-similar"
+    strategy: Strategy = "least-similar"
     num_negatives: int = Field(1, ge=1)
     range_min: int = Field(0, ge=0, description="hard: skip this many top-ranked candidates.")
     range_max: int = Field(30, ge=1, description="hard: consider candidates up to this rank.")
-    sampling: Literal["top", "random"] = "top"
+    sampling: Sampling = "top"
     margin: float | None = Field(
         None, ge=0, description="hard: drop candidates scoring above positive_score * (1 - margin)."
     )
@@ -85,16 +97,16 @@ class MiningConfig(Settings):
     max_cosine_to_positive: float | None = Field(
         None, gt=0, le=1, description="hard: drop candidates this similar to a positive (near-duplicates), e.g. 0.98."
     )
-    negatives_from: Literal["train", "all"] = Field(
+    negatives_from: NegativesFrom = Field(
         "train",
         description="train: a training row never gets a validation/test query's positive as its negative; all: any.",
     )
-    index: Literal["auto", "exact", "ivf"] = Field(
+    index: IndexKind = Field(
         "auto", description="Candidate search: exact (FAISS flat), ivf (approximate), auto: ivf from ivf_threshold."
     )
     ivf_threshold: int = Field(200_000, ge=1, description="auto: corpora at least this large use the IVF index.")
     nprobe: int = Field(32, ge=1, description="ivf: clusters searched per query (more: slower, higher recall).")
-    screen: Literal["auto", "on", "off"] = Field(
+    screen: Screen = Field(
         "auto",
         description="least-similar, exact search: screen with a bfloat16 product and rescore in float32 (same picks); "
         "auto: on CPUs with AMX tiles from 4,096 passages.",
@@ -121,7 +133,7 @@ class SplitConfig(Settings):
         True, description="Keep the dataset's own train/test split (BEIR qrels files, DatasetDict splits)."
     )
     push_to_hub: str | None = Field(None, description="Hub repo id to push the splits to (token from HF_TOKEN).")
-    split_by: Literal["pair", "passage", "group"] = Field(
+    split_by: SplitBy = Field(
         "pair",
         description="pair: by query; passage: no passage in two splits; group: data.group_column values together.",
     )
@@ -156,7 +168,7 @@ class TrainConfig(Settings):
     max_seq_length: int | None = Field(None, ge=8)
     evals_per_epoch: int = Field(2, ge=1, description="Validation retrieval runs per epoch; the best is kept.")
     use_negatives: bool = Field(True, description="Feed mined negatives to the loss (else in-batch only).")
-    loss: Literal["mnrl", "cached-mnrl"] = Field(
+    loss: Loss = Field(
         "mnrl", description="cached-mnrl (GradCache): a large batch_size within the memory of mini_batch_size."
     )
     mini_batch_size: int = Field(32, ge=1, description="cached-mnrl: texts encoded per forward/backward pass.")
@@ -166,7 +178,7 @@ class TrainConfig(Settings):
     guide_model: str | None = Field(
         None, description="GISTEmbed: a guide model that masks in-batch negatives it scores above the positive."
     )
-    adapter: Literal["none", "lora"] = Field("none", description="lora: train a PEFT LoRA adapter, not all weights.")
+    adapter: Adapter = Field("none", description="lora: train a PEFT LoRA adapter, not all weights.")
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
@@ -177,7 +189,7 @@ class TrainConfig(Settings):
     group_by_length: bool = Field(
         False, description="Batch rows of similar length (less padding), still without a repeated text per batch."
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "fp32", description="Mixed precision: bf16 (GPUs; CPUs via autocast, fast with AMX), fp16 (CUDA GPUs)."
     )
     attention_dropout: float | Literal["model"] = Field(

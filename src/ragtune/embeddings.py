@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -39,7 +40,8 @@ def resolve_model(name: str | Path) -> str:
     return name
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS = get_args(Backend)
 
 
 def load_model(
