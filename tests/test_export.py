@@ -61,3 +61,24 @@ def test_a_bad_export_is_refused(tiny_model, tmp_path):
     assert not (folder / "onnx" / "model.onnx").exists()
     with pytest.raises(RagtuneError, match="ragtune export"):
         load_model(folder, backend="onnx")
+
+
+def test_export_cli_writes_verified_files_and_refuses_bad_requests(tiny_model, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(folder)]).exit_code != 0  # no format named
+    assert not (folder / "onnx").exists()
+    wrong = runner.invoke(app, ["export", str(folder), "--onnx", "--quantize", "int4"])
+    assert wrong.exit_code == 2 and "'int4' is not one of 'int8'" in wrong.output
+    done = runner.invoke(app, ["export", str(folder), "--onnx"])
+    assert done.exit_code == 0, done.output
+    written = json.loads((folder / "onnx" / "ragtune_export.json").read_text())
+    assert set(written) == {"onnx"} and f"min {written['onnx']['min_cosine']}" in done.output
+    assert (folder / "onnx" / "model.onnx").stat().st_size > 0

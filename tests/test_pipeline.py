@@ -159,3 +159,27 @@ def test_run_from_a_bare_corpus_makes_pairs_and_reports_by_method(tiny_model, tm
     assert stats["chunking"]["chunks"] > 60 and stats["chunking"]["longest_chunk_tokens"] <= 96
     assert set(summary["by_method"]) == {"title", "crop"}
     assert "by the method that made each test pair" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_changed_input_data_reruns_every_stage(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(60))
+    cfg = RunConfig.model_validate(
+        {
+            "base_model": str(tiny_model),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"path": str(data)},
+            "mining": {"strategy": "random"},
+            "train": {"epochs": 1, "batch_size": 8, "evals_per_epoch": 1},
+            "allow_regression": True,
+        }
+    )
+    first = run(cfg)
+    out = tmp_path / "run"
+    before = _markers(out)
+    write_jsonl(data, toy_rows(80))  # same path, new content: the file's key changes
+    second = run(cfg)
+    after = _markers(out)
+    assert [d for d in STAGE_DIRS if after[d] == before[d]] == []  # nothing stale was trusted
+    prepared = json.loads((out / "prepared" / "stats.json").read_text())["load_stats"]
+    assert prepared["queries"] == 80 and first["test_queries"] != second["test_queries"]
