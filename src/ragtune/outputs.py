@@ -164,8 +164,10 @@ def replace_folder(folder: str | Path, kind: str, inputs: Iterable[str | Path | 
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not existed:
-            shutil.rmtree(folder, ignore_errors=True)  # only our marker is in it
+        if not existed:  # made just now by claim_folder: remove it again, but only while it holds nothing else
+            with contextlib.suppress(OSError):
+                (folder / MARKER).unlink()
+                folder.rmdir()
         raise
     old = folder.parent / f".{folder.name}.old-{tag}"
     os.rename(folder, old)
