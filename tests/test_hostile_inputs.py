@@ -427,3 +427,10 @@ def test_run_set_names_a_bad_key_before_any_work(tmp_path):
     _fails_cleanly(["run", tmp_path / "c.yaml", "--set", "train.epochz=3"], "train.epochz")
     _fails_cleanly(["run", tmp_path / "c.yaml", "--set", "train.epochs=[1, 2"], "train.epochs", "YAML")
     assert not (tmp_path / "run").exists()
+
+
+def test_search_without_an_index_refuses_filters_and_missing_corpus(tmp_path, tiny_model):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "one passage"}])
+    _fails_cleanly(["search", tiny_model, "q", "--corpus", corpus, "--filter", "lang=en"], "--filter")
+    _fails_cleanly(["search", tiny_model, "q"], "--corpus")
+    _fails_cleanly(["search", tiny_model], "give a query")

@@ -555,27 +555,25 @@ def search_cmd(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Top-k passages for each query with cosine scores, from a persisted index or a model plus a corpus."""
-    from ragtune.search import corpus_cache_dir, hits_to_json, parse_filters, search, search_index
+    from ragtune.search import hits_to_json, parse_filters, search_anything
 
     queries = list(query or [])
     if queries_file:
         if not queries_file.is_file():
             raise RagtuneError(f"queries file not found: {queries_file}")
         queries += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
-    if not queries:
-        raise RagtuneError("give a query, or --queries-file")
-    filters = parse_filters(filter_ or [])
-    if (Path(model) / "index.json").exists():
-        hits = search_index(model, queries, k, filters or None, show_progress=not as_json)
-    else:
-        from ragtune.embeddings import Encoder
-        from ragtune.search import load_corpus
-
-        if corpus is None:
-            raise RagtuneError(f"{model} is not an index folder: give --corpus to search with a model")
-        passages = load_corpus(corpus, text_column, id_column)
-        encoder = Encoder(model, cache_dir or corpus_cache_dir(corpus), max_seq_length, show_progress=not as_json)
-        hits = search(encoder, passages, queries, k)
+    hits = search_anything(
+        model,
+        queries,
+        k,
+        corpus,
+        parse_filters(filter_ or []),
+        text_column,
+        id_column,
+        max_seq_length,
+        cache_dir,
+        show_progress=not as_json,
+    )
     if as_json:
         typer.echo(json.dumps(hits_to_json(queries, hits), indent=2))
         return

@@ -361,3 +361,31 @@ def parse_filters(items: list[str]) -> dict:
         key, value = item.split("=", 1)
         filters[key] = yaml.safe_load(value)
     return filters
+
+
+def search_anything(
+    model_or_index: str | Path,
+    queries: list[str],
+    k: int = 10,
+    corpus: str | Path | None = None,
+    filters: dict | None = None,
+    text_column: str = "text",
+    id_column: str = "id",
+    max_seq_length: int | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> list[list[Hit]]:
+    """Top-k hits per query from a persisted index (with the model that built it, `filters` allowed), or from a
+    model plus a corpus (encoded through the run's embedding cache when the corpus is a ragtune data folder)."""
+    if not queries:
+        raise RagtuneError("give a query, or --queries-file")
+    if (Path(model_or_index) / INDEX_META).exists():
+        return search_index(model_or_index, queries, k, filters or None, show_progress=show_progress)
+    if corpus is None:
+        raise RagtuneError(f"{model_or_index} is not an index folder: give --corpus to search with a model")
+    if filters:
+        raise RagtuneError("--filter needs an index folder (built by `ragtune index`), where metadata is kept")
+    passages = load_corpus(corpus, text_column, id_column)
+    cache = cache_dir or corpus_cache_dir(corpus)
+    encoder = Encoder(str(model_or_index), cache, max_seq_length, show_progress=show_progress)
+    return search(encoder, passages, queries, k)
