@@ -446,8 +446,7 @@ def synth_cmd(
     round_trip_model: ModelOpt = None,
 ) -> None:
     """Turn a bare corpus into (query, passage) training pairs: offline methods, or your own LLM endpoint."""
-    from ragtune.search import load_documents
-    from ragtune.synth import synth_offline, write_pairs
+    from ragtune.synth import synth_offline
 
     if "llm" not in method:
         stats = synth_offline(corpus, method, out, seed, text_column, id_column)
@@ -456,7 +455,7 @@ def synth_cmd(
         return
     if method != ["llm"]:
         raise RagtuneError("--method llm cannot be combined with offline methods in one call; write two files")
-    from ragtune.llm import LLMSettings, filter_questions, generate, load_prompt
+    from ragtune.llm import LLMSettings, load_prompt, synth_llm
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
     if not base_url or not llm_model:
@@ -473,13 +472,9 @@ def synth_cmd(
         round_trip_k=round_trip_k,
         round_trip_model=round_trip_model or "default",
     )
-    documents = load_documents(corpus, text_column, id_column)
-    raw = out.with_name(out.name + ".raw.jsonl")
-    stats = generate(documents, settings, raw)
-    pairs = filter_questions(documents, raw, settings, stats)
-    write_pairs(pairs, out)
+    stats, raw = synth_llm(corpus, out, settings, text_column, id_column)
     typer.echo(json.dumps(stats.to_dict(), indent=2))
-    typer.echo(f"{len(pairs)} pairs written to {out} (raw answers kept in {raw}; re-running resumes from it)")
+    typer.echo(f"{stats.pairs} pairs written to {out} (raw answers kept in {raw}; re-running resumes from it)")
     if stats.failed:
         typer.echo(
             f"{len(stats.failed)} passages got no answer after {retries} retries; run the same command again to "

@@ -255,3 +255,21 @@ def _round_trip(pairs: list[Pair], documents: list[Document], settings: LLMSetti
     kept = [p for p, row in zip(pairs, found, strict=True) if position[p.doc_id] in set(row.tolist())]
     stats.removed[f"round_trip_not_in_top_{settings.round_trip_k}"] += len(pairs) - len(kept)
     return kept
+
+
+def synth_llm(
+    corpus: str | Path, out: Path, settings: LLMSettings, text_column: str = "text", id_column: str = "id"
+) -> tuple[LLMStats, Path]:
+    """Questions for every passage of `corpus` from the endpoint, filtered, written to `out` as pairs. The raw
+    answers are kept beside it (`<out>.raw.jsonl`) and a re-run asks only for the passages still missing.
+    Returns the stats and the raw file's path."""
+    from ragtune.outputs import check_file_output
+    from ragtune.search import load_documents
+    from ragtune.synth import write_pairs
+
+    check_file_output(out, [corpus])
+    documents = load_documents(corpus, text_column, id_column)
+    raw = out.with_name(out.name + ".raw.jsonl")
+    stats = generate(documents, settings, raw)
+    write_pairs(filter_questions(documents, raw, settings, stats), out)
+    return stats, raw
