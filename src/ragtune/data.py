@@ -78,6 +78,16 @@ class PairData:
         )
 
 
+@dataclass
+class Row:
+    """One training row: a (query, positive) pair and the negatives mined for it (ids into `PairData.corpus`)."""
+
+    query_id: str
+    positive_id: str
+    score: float
+    negative_ids: list[str] = field(default_factory=list)
+
+
 def text_id(prefix: str, text: str) -> str:
     return prefix + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 

@@ -24,7 +24,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,11 @@ from tqdm import tqdm
 
 from ragtune import screen
 from ragtune.config import MiningConfig
-from ragtune.data import PairData, normalise
+from ragtune.data import PairData, Row, normalise
 from ragtune.embeddings import Encoder
 from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
-
-
-@dataclass
-class Row:
-    query_id: str
-    positive_id: str
-    score: float
-    negative_ids: list[str] = field(default_factory=list)
 
 
 @dataclass

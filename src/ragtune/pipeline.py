@@ -36,10 +36,11 @@ from ragtune.config import (
     SplitConfig,
     SynthConfig,
 )
+from ragtune.data import Row
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
-from ragtune.mining import Row, mine
+from ragtune.mining import mine
 from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_jsonl, write_text
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 

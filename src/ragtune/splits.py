@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.config import SplitConfig
-from ragtune.data import DATA_MARKER, PairData, normalise
+from ragtune.data import DATA_MARKER, PairData, Row, normalise
 from ragtune.errors import RagtuneError
-from ragtune.mining import Row
 
 SPLITS = ("train", "validation", "test")
 
