@@ -151,6 +151,7 @@ def test_run_from_a_bare_corpus_makes_pairs_and_reports_by_method(tiny_model, tm
         }
     )
     summary = run(cfg)
+    assert cfg.data.path is None and cfg.data.group_column is None  # run works on its own copy of the config
     out = tmp_path / "run"
     pairs = [json.loads(line) for line in (out / "synth" / "pairs.jsonl").read_text().splitlines()]
     assert {p["method"] for p in pairs} == {"title", "crop"}

@@ -342,6 +342,7 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
 
 
 def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
+    config = config.model_copy(deep=True)  # paths are filled in below; the caller's config stays as given
     out = Path(config.output_dir)
     inputs = [
         config.data.path,
