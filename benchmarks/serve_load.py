@@ -95,7 +95,8 @@ def main() -> None:
         large_done = []
 
         def large() -> None:
-            texts = [("long passage text about medicine " * 60)[:2000] + f" {n}" for n in range(256)]
+            # As large as one request may be: 256 inputs of ~55 tokens is under --max-request-tokens (16,384).
+            texts = [" ".join(["the dose of this drug"] * 10) + f" {n}" for n in range(256)]
             while not stop.is_set():
                 try:
                     r = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=600)
