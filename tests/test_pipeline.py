@@ -91,6 +91,7 @@ def test_regression_guard_keeps_the_base_model(tiny_model, pubmedqa_path, tmp_pa
     assert run(cfg)["recommended_model"] == "base"  # accepted: same verdict, exit 0
 
 
+@pytest.mark.slow
 def test_killed_during_training_resumes_from_checkpoint(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(200))
     cfg = {
