@@ -171,3 +171,9 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     line = table.read_text().splitlines()[2]
     tuned_minus_base = evalset["comparisons"][0]["delta"] * 100
     assert line.startswith("| pseudo | labelled") and f"{tuned_minus_base:+.2f}" in line
+
+    # An eval set dropped from the config is no longer reported (its folder stays, unused).
+    again = run(cfg.model_copy(update={"eval_sets": [], "guard": "validation"}), allow_regression=True)
+    assert again["eval_sets"] == {} and again["eval_table"] == ""
+    assert json.loads((out / "results.json").read_text())["eval_sets"] == {}
+    assert (out / "eval" / "sets" / "medicationqa-test" / "result.json").exists()

@@ -436,7 +436,7 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
 
     from ragtune.report import summarise_run
 
-    summary = summarise_run(out, resolved_yaml, config.guard)
+    summary = summarise_run(out, resolved_yaml, config.guard, [s.name for s in config.eval_sets])
     console.rule("[bold]result")
     console.print(summary["table"], soft_wrap=True, markup=False)
     console.print()

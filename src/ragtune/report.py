@@ -209,7 +209,11 @@ def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
     return "\n".join(lines)
 
 
-def summarise_run(out: Path, resolved_yaml: str, guard_on: str = "validation") -> dict[str, Any]:
+def summarise_run(
+    out: Path, resolved_yaml: str, guard_on: str = "validation", eval_sets: list[str] | None = None
+) -> dict[str, Any]:
+    """The run's numbers as results.json, report.md and report.html. `eval_sets`: the names of the configured eval
+    sets (a set dropped from the config is not reported, though its folder stays); default: every one on disk."""
     from ragtune.data import DATA_MARKER, load_ragtune_data
     from ragtune.report_html import write_html
     from ragtune.templates import TemplateStats, template_stats, template_warning
@@ -229,7 +233,10 @@ def summarise_run(out: Path, resolved_yaml: str, guard_on: str = "validation") -
     sets = {}
     for folder in sorted((out / "eval" / "sets").glob("*/result.json")):
         result = json.loads(folder.read_text())
-        sets[result["name"]] = result
+        if eval_sets is None or result["name"] in eval_sets:
+            sets[result["name"]] = result
+    if eval_sets is not None:
+        sets = {name: sets[name] for name in eval_sets if name in sets}  # in the config's order
     if guard_on == "validation":
         guard = regression_check(base.get("validation"), tuned.get("validation"))
     else:
@@ -256,12 +263,7 @@ def summarise_run(out: Path, resolved_yaml: str, guard_on: str = "validation") -
         "corpus": test_base["corpus"],
         "test_templates": templates.to_dict(),
         "template_warning": template_warning(templates, others),
-        "eval_sets": {
-            name: {
-                k: r[k] for k in ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates")
-            }
-            for name, r in sets.items()
-        },
+        "eval_sets": {name: {k: r[k] for k in EVAL_SET_FIELDS} for name, r in sets.items()},
         "training_pairs_by_source": _training_sources(data),
     }
     if data.methods:
