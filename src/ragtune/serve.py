@@ -66,7 +66,7 @@ class Batcher:
     def tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text costs the model (special tokens included, truncated as the model truncates)."""
         limit = self.encoder.model.max_seq_length
-        return [min(limit, len(ids)) for ids in self.encoder.model.tokenizer(texts)["input_ids"]]
+        return [min(limit, len(ids)) for ids in self.encoder.model.tokenizer(texts, verbose=False)["input_ids"]]
 
     async def encode(self, texts: list[str], tokens: list[int] | None = None) -> np.ndarray:
         if self.queue is None:
