@@ -3,8 +3,8 @@
 A team's labelled pairs (FAQ titles, curated questions) differ from its traffic; `adapt` adds to the labelled data:
 - the passages of `data.corpus` (the corpus users search): they join the evaluation corpus and the mining pool;
 - `pseudo` pairs: each unlabelled user question (`data.user_queries`) with the passage of `data.corpus` that BM25
-  and the base model both rank first. Agreement is the filter: on MedicationQA's dev questions 154 of 343 agreed and
-  76% of those were right, against 53% for the base model's first passage alone (README, "Real users' questions");
+  and the base model both rank first. Agreement is the filter: on MedicationQA's dev questions 153 of 343 agreed and
+  76.5% of those were right, against 52.8% for the base model's first passage alone (benchmarks/pseudo_labels.py);
 - synthetic pairs made from `data.corpus` by the offline `ragtune.synth` methods (`ict`, `crop`, `title`), each
   query paired with its whole passage.
 Every added pair is train-only (unverified pairs never judge a model) and tagged with its method, so a report can
