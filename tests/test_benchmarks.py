@@ -50,3 +50,22 @@ def test_serve_load_poisoned_requests_fail_alone(tmp_path, tiny_model):
     assert result["poisoned_requests"] == 10 and result["poisoned_not_refused"] == 0
     assert result["errors"] == 0 and result["large_requests_done"] >= 1 and result["large_requests_failed"] == 0
     assert result["search_p99_ms"] > 0
+
+
+def test_pseudo_label_benchmark_scores_against_the_labels(tmp_path, tiny_model):
+    from conftest import write_jsonl
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    topics = ["warfarin bleeding risk", "metformin with meals", "ibuprofen stomach pain", "insulin storage fridge"]
+    write_jsonl(beir / "corpus.jsonl", [{"_id": f"p{i}", "text": t} for i, t in enumerate(topics)])
+    write_jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": t} for i, t in enumerate(topics)])
+    # q3's label points at the wrong passage: its (agreeing) pseudo-label must count as wrong.
+    rows = "".join(f"q{i}\tp{i if i < 3 else 0}\t1\n" for i in range(4))
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    out = tmp_path / "p.json"
+    command = [sys.executable, str(BENCHMARKS / "pseudo_labels.py"), "--data", str(beir), "--model", str(tiny_model)]
+    subprocess.run(command + ["--output-json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["questions"] == 4 and result["agreed"] == 4  # each question is its own passage, word for word
+    assert result["agreed_right"] == 0.75 and result["dense_first_right"] == 0.75
