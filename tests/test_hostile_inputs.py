@@ -434,3 +434,33 @@ def test_search_without_an_index_refuses_filters_and_missing_corpus(tmp_path, ti
     _fails_cleanly(["search", tiny_model, "q", "--corpus", corpus, "--filter", "lang=en"], "--filter")
     _fails_cleanly(["search", tiny_model, "q"], "--corpus")
     _fails_cleanly(["search", tiny_model], "give a query")
+
+
+def test_every_deletion_touches_only_what_ragtune_made(tmp_path):
+    """The deleting lines of outputs.py: a failed atomic write removes only its temporary file; the clean-up of
+    crash leftovers removes only folders holding ragtune's marker; remove_own_folder refuses a user's folder."""
+    from ragtune.outputs import atomic_open, remove_own_folder
+
+    target = tmp_path / "results.json"
+    target.write_text("the user's old results")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "the user's old results"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary file left
+
+    users = tmp_path / ".out.old-mine"  # named like a leftover, but not made by ragtune
+    users.mkdir()
+    (users / "notes.txt").write_text("keep")
+    leftover = tmp_path / ".out.new-dead"
+    leftover.mkdir()
+    write_json(leftover / MARKER, {"kind": "test"})
+    with replace_folder(tmp_path / "out", "test") as new:
+        write_json(new / "v.json", 1)
+    assert (users / "notes.txt").read_text() == "keep" and not leftover.exists()
+
+    with pytest.raises(RagtuneError, match="was not made by ragtune"):
+        remove_own_folder(users)
+    assert (users / "notes.txt").exists()
+    remove_own_folder(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
