@@ -12,6 +12,7 @@ from ragtune.data import LoadStats, PairData, load_pairs
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.pipeline import run
+from ragtune.search import Document
 from ragtune.splits import split_queries
 from ragtune.templates import template_stats, template_warning
 
@@ -92,7 +93,8 @@ def test_adapted_pairs_are_train_only_and_tagged(tiny_model, tmp_path):
     data = _labelled()
     long = " ".join(f"Take warfarin at the same time each day, note {i}." for i in range(12))
     target = {"t1": long, "t2": "Aspirin relieves pain and lowers fever."}
-    adapted, stats = adapt(data, target, None, None, AdaptConfig(methods=["crop"]), None)
+    documents = [Document(pid, text) for pid, text in target.items()]
+    adapted, stats = adapt(data, documents, None, None, AdaptConfig(methods=["crop"]))
     assert stats.corpus_passages == 2 and stats.corpus_passages_new == 1  # the shared passage is not doubled
     assert len(adapted.corpus) == 3
     added = [q for q in adapted.qrels if q not in data.qrels]

@@ -25,6 +25,7 @@ from ragtune.config import AdaptConfig
 from ragtune.data import PairData, detect_format, text_id
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
+from ragtune.search import Document
 
 log = logging.getLogger(__name__)
 LABELLED = "labelled"
@@ -109,20 +110,19 @@ def pseudo_label(queries: list[str], corpus: dict[str, str], encoder: Encoder) -
 
 def adapt(
     data: PairData,
-    corpus: dict[str, str] | None,
+    documents: list[Document],
     user_queries: list[str] | None,
     encoder: Encoder | None,
     config: AdaptConfig,
-    corpus_documents: list | None = None,
 ) -> tuple[PairData, AdaptStats]:
-    """`data` plus the users' corpus and train-only pairs made from it (see the module docstring)."""
+    """`data` plus the users' corpus (`documents`) and train-only pairs made from it (see the module docstring)."""
     from ragtune.synth import synthesize
 
     stats = AdaptStats(user_queries=len(user_queries or []))
     merged = dict(data.corpus)
     known = {text: pid for pid, text in merged.items()}
     target: dict[str, str] = {}  # the users' corpus, by ids of the merged corpus (one id per distinct text)
-    for text in (corpus or {}).values():
+    for text in (d.text for d in documents):
         pid = known.get(text)
         if pid is None:
             pid = known[text] = text_id("p", text)
@@ -152,9 +152,6 @@ def adapt(
             add(query, pid, "pseudo")
     synthetic = [m for m in config.methods if m != "pseudo"]
     if synthetic and target:
-        from ragtune.search import Document
-
-        documents = corpus_documents or [Document(pid, text) for pid, text in target.items()]
         text_of = {d.id: d.text for d in documents}
         for pair in synthesize(documents, synthetic, config.seed)[0]:
             # The positive is the whole passage users search, not the method's fragment of it: fragments in the

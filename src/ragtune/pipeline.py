@@ -138,8 +138,7 @@ def adapt_stage(
         else None
     )
     encoder = Encoder(base_model, cache_dir, max_seq_length) if "pseudo" in config.methods and queries else None
-    corpus = {d.id: d.text for d in documents}
-    adapted, stats = adapt(data, corpus, queries, encoder, config, documents)
+    adapted, stats = adapt(data, documents, queries, encoder, config)
     with replace_folder(out, "adapted", [prepared, data_config.corpus, data_config.user_queries]) as new:
         data_mod.save_beir(adapted, new)
         write_json(new / "adapt.json", stats.to_dict())
