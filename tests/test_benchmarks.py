@@ -37,8 +37,9 @@ def test_mining_benchmark_checks_the_screened_picks_against_the_classic_recipe(t
 def test_serve_load_poisoned_requests_fail_alone(tmp_path, tiny_model):
     from conftest import write_jsonl
 
+    from ragtune.data import load_documents
     from ragtune.embeddings import Encoder
-    from ragtune.search import Index, load_documents
+    from ragtune.index import Index
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": f"passage {i} about drugs"} for i in range(30)])
     Index.build(Encoder(tiny_model, tmp_path / "cache", show_progress=False), load_documents(corpus), tmp_path / "i")

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from ragtune.data import load_documents
 from ragtune.embeddings import Encoder, load_model
 from ragtune.errors import RagtuneError
 from ragtune.export import PROBE, export_onnx
-from ragtune.search import Index, load_documents, search_index
+from ragtune.index import Index, search_index
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def test_index_add_that_crashes_keeps_the_old_index(tmp_path, tiny_model, monkey
     import faiss
 
     from ragtune.embeddings import Encoder
-    from ragtune.search import Index, index_corpus
+    from ragtune.index import Index, index_corpus
 
     encoder = Encoder(tiny_model, tmp_path / "cache", show_progress=False)
     docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 3}"} for i in range(12)]
@@ -271,8 +271,9 @@ def test_a_small_request_is_not_stuck_behind_a_huge_one():
 def served(tiny_model, tmp_path_factory):
     from test_serve import DOCS, Server
 
+    from ragtune.data import load_documents
     from ragtune.embeddings import Encoder
-    from ragtune.search import Index, load_documents
+    from ragtune.index import Index
     from ragtune.serve import create_app
 
     folder = tmp_path_factory.mktemp("hostile")
@@ -329,8 +330,9 @@ def test_an_api_key_guards_the_descriptions_too(tiny_model, tmp_path, monkeypatc
     import httpx
     from test_serve import Server
 
+    from ragtune.data import load_documents
     from ragtune.embeddings import Encoder
-    from ragtune.search import Index, load_documents
+    from ragtune.index import Index
     from ragtune.serve import create_app
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "one passage"}])

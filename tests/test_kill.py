@@ -102,7 +102,7 @@ def test_kill_9_during_index_add(tiny_model, tmp_path):
         _kill_after(["index", tiny_model, every, "--out", index, "--add"], random.Random(seed).uniform(2, 12))
         elapsed = time.monotonic() - started
         # Whatever the moment, the index loads: the old version or the new one, never a mix.
-        from ragtune.search import Index
+        from ragtune.index import Index
 
         count = len(Index.load(index).documents)
         assert count in (200, 400), (seed, elapsed, count)

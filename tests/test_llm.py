@@ -10,9 +10,9 @@ from conftest import write_jsonl
 from typer.testing import CliRunner
 
 from ragtune.cli import app
+from ragtune.data import Document, load_documents
 from ragtune.errors import RagtuneError
 from ragtune.llm import LLMSettings, LLMStats, filter_questions, generate, parse_questions
-from ragtune.search import Document, load_documents
 
 PASSAGES = {
     "stones": "Kidney stones form when urine holds more calcium oxalate than it can dissolve. Drinking plenty of "

@@ -205,8 +205,8 @@ def test_ivf_index_recall_and_unique_least_similar():
 
 
 def test_ivf_search_widens_when_the_probed_cells_hold_no_free_items():
+    from ragtune.faiss_search import flat_index, search_chunked
     from ragtune.mining import candidate_search
-    from ragtune.search import flat_index, search_chunked
 
     v = _clustered(3000, centres=20)
     stats = {}
@@ -281,7 +281,7 @@ def test_passages_of_the_same_document_group_are_never_negatives():
 
 
 def test_search_gives_equal_scores_in_id_order_and_missing_results_last():
-    from ragtune.search import flat_index, search_chunked
+    from ragtune.faiss_search import flat_index, search_chunked
 
     v = _vectors(50, seed=9)
     v[[7, 30, 45]] = v[12]  # four copies: every query scores them exactly alike

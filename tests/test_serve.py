@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
+from ragtune.data import load_documents
 from ragtune.embeddings import Encoder, load_model
 from ragtune.errors import RagtuneError
-from ragtune.search import Index, load_documents, search_index
+from ragtune.index import Index, search_index
 
 DOCS = [
     {"id": f"d{i}", "text": f"The {t} handles task number {i} in the body.", "topic": t}

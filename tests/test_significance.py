@@ -41,7 +41,8 @@ def test_mean_ci_covers_the_mean_and_needs_same_queries():
 
 
 def test_report_breaks_results_down_by_synthesis_method():
-    from ragtune.report import by_method, by_method_table
+    from ragtune.report import by_method
+    from ragtune.tables import by_method_table
 
     qids = [f"q{i}" for i in range(40)]
     methods = {q: ("title" if i < 20 else "ict") for i, q in enumerate(qids)}

@@ -6,9 +6,8 @@ import re
 import pytest
 from conftest import shared_file, write_jsonl
 
-from ragtune.data import load_pairs
+from ragtune.data import Document, load_documents, load_pairs
 from ragtune.errors import RagtuneError
-from ragtune.search import Document, load_documents
 from ragtune.synth import sentences, synthesize
 
 

@@ -8,11 +8,10 @@ from conftest import shared_file, write_jsonl
 
 from ragtune.adapt import adapt, load_user_queries, pseudo_label
 from ragtune.config import AdaptConfig, RunConfig, SplitConfig
-from ragtune.data import LoadStats, PairData, load_pairs
+from ragtune.data import Document, LoadStats, PairData, load_pairs
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.pipeline import run
-from ragtune.search import Document
 from ragtune.splits import split_queries
 from ragtune.templates import template_stats, template_warning
 

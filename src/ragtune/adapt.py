@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from ragtune.config import AdaptConfig
-from ragtune.data import PairData, detect_format, text_id
+from ragtune.data import Document, PairData, detect_format, text_id
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
-from ragtune.search import Document
 
 log = logging.getLogger(__name__)
 LABELLED = "labelled"

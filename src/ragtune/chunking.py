@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.data import Document, load_documents
 from ragtune.errors import RagtuneError
 from ragtune.outputs import atomic_open
-from ragtune.search import Document, load_documents
 from ragtune.sentences import sentence_ends
 
 

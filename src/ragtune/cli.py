@@ -262,7 +262,7 @@ def evaluate_cmd(
 ) -> None:
     """Retrieval metrics (NDCG@10, MRR@10, Recall@1/10/100, MAP@100) over the full corpus, per system."""
     from ragtune.pipeline import evaluate_stage
-    from ragtune.report import metrics_table
+    from ragtune.tables import metrics_table
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
     for target in (output_json, markdown):
@@ -302,7 +302,7 @@ def compare_cmd(
     """Evaluate several models (and BM25) on one dataset; each difference to the first model gets a 95% CI and a
     significant / not significant verdict."""
     from ragtune.pipeline import compare_stage
-    from ragtune.report import comparison_table, metrics_table
+    from ragtune.tables import comparison_table, metrics_table
 
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
     if output_json:
@@ -499,7 +499,7 @@ def index_cmd(
 ) -> None:
     """Encode a corpus into a persisted FAISS index plus a document store (ids, texts, metadata)."""
     from ragtune.embeddings import Encoder
-    from ragtune.search import index_corpus
+    from ragtune.index import index_corpus
 
     encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend)
     index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column)
@@ -550,7 +550,8 @@ def search_cmd(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Top-k passages for each query with cosine scores, from a persisted index or a model plus a corpus."""
-    from ragtune.search import hits_to_json, parse_filters, search_anything
+    from ragtune.index import parse_filters
+    from ragtune.search import hits_to_json, search_anything
 
     queries = list(query or [])
     if queries_file:

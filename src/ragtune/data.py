@@ -308,10 +308,7 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         text = builder.text(rec.get("text"), where, "text")
         if text is None:
             continue
-        title = rec.get("title")
-        if isinstance(title, str) and title.strip():
-            text = f"{title.strip()} {text}"  # BEIR's convention for dense retrievers
-        builder.add_passage(text, str(rec["_id"]))
+        builder.add_passage(beir_text(rec.get("title"), text), str(rec["_id"]))
     for where, rec in read_jsonl(queries_file, builder.bad):
         if "_id" not in rec:
             raise RagtuneError(f"{where}: field '_id' is missing")
@@ -351,6 +348,11 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
                     qids[qid] = None
         splits[qrel_file.stem] = list(qids)
     return builder.finish(splits)
+
+
+def beir_text(title: Any, text: str) -> str:
+    """A BEIR passage as dense retrievers read it: the title, when there is one, before the text."""
+    return f"{title.strip()} {text}" if isinstance(title, str) and title.strip() else text
 
 
 def _is_number(text: str) -> bool:
@@ -569,3 +571,87 @@ def load_prepared(folder: str | Path) -> PairData:
     data.methods = meta.get("methods", {})
     data.train_only = meta.get("train_only", [])
     return data
+
+
+# ---- passages to search (a corpus, with ids and metadata) ----------------------------------------------------
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+def _plain(value):
+    """JSON-safe metadata values; NaN (pandas' empty cell) is no value."""
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value if isinstance(value, str | int | float | bool | list | dict) or value is None else str(value)
+
+
+def load_documents(path: str | Path, text_column: str = "text", id_column: str = "id") -> list[Document]:
+    """Passages with ids and metadata: a ragtune data folder, a BEIR folder, a saved dataset, JSONL/CSV/Parquet.
+
+    Columns other than the id and the text become metadata (filterable in the search API). A file without an id
+    column gets content-hash ids; a repeated id is an error naming the row.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise RagtuneError(f"corpus not found: {path}")
+    if path.is_dir() and (path / DATA_MARKER).exists():
+        ds = datasets.load_from_disk(str(path / "corpus"))
+        return [Document(i, t) for i, t in zip(ds["id"], ds["text"], strict=True)]
+    fmt = detect_format(path)
+    if fmt == "beir":
+        records = read_jsonl(path / "corpus.jsonl")
+        text_column, id_column = "text", "_id"
+    elif fmt == "hf":
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as err:
+            raise RagtuneError(f"{path}: not a corpus folder ({err})") from err
+        if isinstance(ds, datasets.DatasetDict):
+            raise RagtuneError(f"{path}: a DatasetDict; point at one split's folder, or a ragtune data folder")
+        records = ((f"{path}: row {i + 1}", r) for i, r in enumerate(ds))
+    elif fmt == "jsonl":
+        records = read_jsonl(path)
+    elif fmt in ("csv", "parquet"):
+        records = read_frame(path, fmt)
+    else:
+        raise RagtuneError(f"{path}: not a corpus format ragtune can search (use JSONL, CSV, Parquet or BEIR)")
+    docs: dict[str, Document] = {}
+    for where, rec in records:
+        text = rec.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise RagtuneError(f"{where}: field '{text_column}' is missing or empty")
+        text = beir_text(rec.get("title"), text.strip()) if fmt == "beir" else text.strip()
+        raw_id = _plain(rec.get(id_column))
+        doc_id = str(raw_id) if raw_id is not None else text_id("p", text)
+        if doc_id in docs:
+            if raw_id is None:
+                continue  # the same text twice without ids is one passage
+            raise RagtuneError(f"{where}: id {doc_id!r} appears twice (field '{id_column}')")
+        meta = {k: _plain(v) for k, v in rec.items() if k not in (text_column, id_column)}
+        docs[doc_id] = Document(doc_id, text, {k: v for k, v in meta.items() if v is not None})
+    if not docs:
+        raise RagtuneError(f"{path}: no passages")
+    return list(docs.values())
+
+
+def load_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> dict[str, str]:
+    return {d.id: d.text for d in load_documents(path, text_column, id_column)}
+
+
+def corpus_cache_dir(path: str | Path) -> Path | None:
+    """The embedding cache a ragtune run used for this data folder, so search reuses its vectors."""
+    marker = Path(path) / DATA_MARKER
+    if marker.exists():
+        cache = json.loads(marker.read_text()).get("cache_dir")
+        if cache:
+            return (Path(path) / cache).resolve()
+    return None

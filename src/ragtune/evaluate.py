@@ -13,8 +13,8 @@ import numpy as np
 
 from ragtune.data import PairData
 from ragtune.embeddings import Encoder
+from ragtune.faiss_search import flat_index, search_chunked
 from ragtune.metrics import METRICS, aggregate, per_query
-from ragtune.search import flat_index, search_chunked
 
 DEPTH = 100  # the deepest cutoff any metric reads (recall@100, map@100)
 

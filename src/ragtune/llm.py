@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.data import Document
 from ragtune.errors import RagtuneError
-from ragtune.search import Document
 from ragtune.synth import Pair
 
 DEFAULT_PROMPT = """Write {n} different questions that a user of a search engine might ask and that the passage \
@@ -245,7 +245,7 @@ def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSet
 def _round_trip(pairs: list[Pair], documents: list[Document], settings: LLMSettings, stats: LLMStats) -> list[Pair]:
     """Keep a question only if the base model finds its own passage in the top k of the whole corpus."""
     from ragtune.embeddings import Encoder
-    from ragtune.search import flat_index, search_chunked
+    from ragtune.faiss_search import flat_index, search_chunked
 
     encoder = Encoder(settings.round_trip_model, None)
     corpus = encoder.encode([d.text for d in documents], desc="round trip: encoding passages")
@@ -263,8 +263,8 @@ def synth_llm(
     """Questions for every passage of `corpus` from the endpoint, filtered, written to `out` as pairs. The raw
     answers are kept beside it (`<out>.raw.jsonl`) and a re-run asks only for the passages still missing.
     Returns the stats and the raw file's path."""
+    from ragtune.data import load_documents
     from ragtune.outputs import check_file_output
-    from ragtune.search import load_documents
     from ragtune.synth import write_pairs
 
     check_file_output(out, [corpus])

@@ -20,11 +20,12 @@ approximate IVF index, and its recall against exact search is measured on a samp
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ from tqdm import tqdm
 
 from ragtune import screen
 from ragtune.config import MiningConfig
-from ragtune.data import PairData, Row, normalise
+from ragtune.data import PairData, Row, load_prepared, normalise
 from ragtune.embeddings import Encoder
-from ragtune.search import flat_index, ivf_index, recall_against_exact, search_chunked
+from ragtune.errors import RagtuneError
+from ragtune.faiss_search import flat_index, ivf_index, recall_against_exact, search_chunked
+from ragtune.outputs import write_json, write_jsonl
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
 
@@ -522,3 +525,22 @@ def _score_summary(rows, guards: _Guards, corpus_vectors, qids, query_vectors, s
     stats["rows_negative_scores_above_positive"] = sum(
         1 for p, row in zip(pos, neg_per_row, strict=True) if any(s > p for s in row)
     )
+
+
+# ---- the mined folder: rows.jsonl (one Row per line) and stats.json (the prepared folder, stats, split) -------
+
+
+def save_mined(rows: list[Row], meta: dict[str, Any], folder: Path) -> None:
+    write_jsonl(folder / "rows.jsonl", (asdict(r) for r in rows))
+    write_json(folder / "stats.json", meta)
+
+
+def read_mined(mined: Path) -> tuple[PairData, list[Row], dict[str, Any]]:
+    """The prepared data, the mined rows, and the mining metadata (stats, and the split mining was done for)."""
+    if not (mined / "stats.json").exists():
+        raise RagtuneError(f"{mined}: not a mined folder (no stats.json); run `ragtune mine` first")
+    meta = json.loads((mined / "stats.json").read_text())
+    data = load_prepared(meta["prepared"])
+    with (mined / "rows.jsonl").open() as f:
+        rows = [Row(**json.loads(line)) for line in f]
+    return data, rows, meta

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,11 @@ from ragtune.config import (
     SplitConfig,
     SynthConfig,
 )
-from ragtune.data import Row
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
-from ragtune.mining import mine
-from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_jsonl, write_text
+from ragtune.mining import mine, read_mined, save_mined
+from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 
 console = Console()
@@ -128,7 +126,7 @@ def adapt_stage(
     """The prepared pairs plus the users' corpus (`data.corpus`) and train-only pairs made from it (`ragtune.adapt`),
     saved like a prepared folder, which mining and splitting then read."""
     from ragtune.adapt import adapt, load_user_queries
-    from ragtune.search import load_documents
+    from ragtune.data import load_documents
 
     data = data_mod.load_prepared(prepared)
     documents = load_documents(data_config.corpus, data_config.corpus_text_column) if data_config.corpus else []
@@ -170,20 +168,8 @@ def mine_stage(
     if held_out is not None:
         meta["split"] = {"settings": split.assignment(), "method": method, "ids": split_ids}
     with replace_folder(out, "mined", [prepared]) as new:
-        write_jsonl(new / "rows.jsonl", (asdict(r) for r in result.rows))
-        write_json(new / "stats.json", meta)
+        save_mined(result.rows, meta, new)
     return result.stats
-
-
-def read_mined(mined: Path) -> tuple[data_mod.PairData, list[Row], dict[str, Any]]:
-    """The prepared data, the mined rows, and the mining metadata (stats, and the split mining was done for)."""
-    if not (mined / "stats.json").exists():
-        raise RagtuneError(f"{mined}: not a mined folder (no stats.json); run `ragtune mine` first")
-    meta = json.loads((mined / "stats.json").read_text())
-    data = data_mod.load_prepared(meta["prepared"])
-    with (mined / "rows.jsonl").open() as f:
-        rows = [Row(**json.loads(line)) for line in f]
-    return data, rows, meta
 
 
 def split_stage(

@@ -7,65 +7,17 @@ tables here are also what the CLI prints.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from ragtune.metrics import METRICS
-from ragtune.outputs import write_json, write_text
+from ragtune.outputs import write_json
+from ragtune.report_md import write_markdown, write_model_card_section
 from ragtune.significance import Comparison, compare, holm, mean_ci
+from ragtune.tables import HEADLINE, by_method_table, comparison_table, eval_sets_table, metrics_table
 
-HEADLINE = "ndcg@10"
 COMPARED = ("ndcg@10", "mrr@10", "recall@10")
 EVAL_SET_FIELDS = ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates")
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
-def metrics_table(
-    metrics: dict[str, dict[str, float]],
-    systems: list[str] | None = None,
-    extra: dict[str, dict[str, float | None]] | None = None,
-    cis: dict[str, dict[str, tuple[float, float]]] | None = None,
-) -> str:
-    """A Markdown table, one row per system; `cis` adds a 95% interval to each value, `extra` more columns."""
-    systems = systems or list(metrics)
-    extra = extra or {}
-    head = "| system | " + " | ".join(list(METRICS) + list(extra)) + " |"
-    lines = [head, "|---|" + "---:|" * (len(METRICS) + len(extra))]
-    for s in systems:
-        cells = []
-        for m in METRICS:
-            cell = _fmt(metrics[s].get(m))
-            if cis and s in cis:
-                low, high = cis[s][m]
-                cell += f" [{low:.3f}, {high:.3f}]"
-            cells.append(cell)
-        cells += [_fmt(extra[c].get(s)) for c in extra]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def comparison_table(comparisons: list[Comparison]) -> str:
-    """One row per comparison; with Holm-adjusted p-values (`significance.holm`), a column and a note for them."""
-    adjusted = any(c.p_holm is not None for c in comparisons)
-    head = "| system | vs | metric | difference | 95% CI | p |" + (" Holm p |" if adjusted else "") + " verdict |"
-    lines = [head, "|---|---|---|---:|---:|---:|" + ("---:|" if adjusted else "") + "---|"]
-    for c in comparisons:
-        holm_cell = f" {c.p_holm:.3f} |" if adjusted else ""
-        lines.append(
-            f"| {c.system} | {c.baseline} | {c.metric} | {c.delta * 100:+.2f} pts | "
-            f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}] | {c.p_value:.3f} |{holm_cell} {c.verdict} |"
-        )
-    if adjusted:
-        lines += [
-            "",
-            f"{len(comparisons)} comparisons on the same queries: 'Holm p' is each p adjusted for all of them "
-            "(Holm's method), the one to read when asking whether any difference is real.",
-        ]
-    return "\n".join(lines)
 
 
 def compare_all(
@@ -122,33 +74,6 @@ def regression_check(base_val: dict | None, tuned_val: dict | None, where: str =
     return {"regressed": regressed, "checked": True, "on": where, "base": b, "tuned": t, "message": message}
 
 
-def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
-    """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25."""
-    lines = [
-        "| eval set | queries | passages | bm25 | base | tuned | tuned − base [95% CI], p | tuned − bm25 [95% CI], p |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in sets.items():
-        cells = []
-        for system in ("bm25", "base", "tuned"):
-            low, high = r["ci95"][system][HEADLINE]
-            cells.append(f"{r['metrics'][system][HEADLINE]:.4f} [{low:.3f}, {high:.3f}]")
-        diffs = []
-        for baseline in ("base", "bm25"):
-            c = next(
-                c
-                for c in r["comparisons"]
-                if (c["baseline"], c["system"], c["metric"]) == (baseline, "tuned", HEADLINE)
-            )
-            holm_p = f" (Holm {c['p_holm']:.3f})" if c.get("p_holm") is not None else ""
-            diffs.append(
-                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], "
-                f"{c['p_value']:.3f}{holm_p}"
-            )
-        lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
-    return "\n".join(lines)
-
-
 def _movers(per_query, queries, corpus, qrels, top10, n: int = 5) -> dict[str, list[dict]]:
     """The test queries whose NDCG@10 rose or fell most with tuning, with each system's top results."""
     base, tuned = per_query["base"][HEADLINE], per_query["tuned"][HEADLINE]
@@ -196,17 +121,6 @@ def by_method(per_query: dict, methods: dict[str, str], systems: list[str]) -> d
             row["tuned_vs_base"] = compare_all(sub, "base", ["tuned"], [HEADLINE])[0].to_dict()
         out[method] = row
     return out
-
-
-def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
-    lines = ["| method | queries | " + " | ".join(systems) + " | tuned − base [95% CI] |"]
-    lines.append("|---|---:|" + "---:|" * len(systems) + "---:|")
-    for method, row in rows.items():
-        c = row.get("tuned_vs_base")
-        diff = f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}]" if c else ""
-        cells = " | ".join(f"{row[s]:.4f}" for s in systems)
-        lines.append(f"| {method} | {row['queries']} | {cells} | {diff} |")
-    return "\n".join(lines)
 
 
 def summarise_run(
@@ -289,7 +203,7 @@ def summarise_run(
     }
     md = write_markdown(out / "report.md", context)
     html = write_html(out / "report.html", context)
-    _model_card_section(out / "model", context["table_md"], context["comparison_md"], conclusion)
+    write_model_card_section(out / "model", context["table_md"], context["comparison_md"], conclusion)
     return {**summary, "table": table, "eval_table": context["eval_sets_md"], "report": str(html), "report_md": str(md)}
 
 
@@ -300,90 +214,3 @@ def _training_sources(data) -> dict[str, int]:
         source = data.methods.get(q) or "labelled"
         counts[source] = counts.get(source, 0) + 1
     return counts
-
-
-def write_markdown(path: Path, c: dict[str, Any]) -> Path:
-    s = c["data_meta"]["load_stats"]
-    splits = c["data_meta"]["splits"]
-    out = [f"# ragtune report: {c['title']}", "", f"**{c['verdict']}**", "", c["regression"]["message"], ""]
-    if c["template_warning"]:
-        out += [f"> **Warning:** {c['template_warning']}", ""]
-    if c["eval_sets_md"]:
-        out += [
-            "## Where users are: the eval sets",
-            "",
-            "Each set's queries searched over its own corpus; NDCG@10 with 95% bootstrap intervals; differences "
-            "paired over the same queries. The in-distribution test split follows.",
-            "",
-            c["eval_sets_md"],
-            "",
-        ]
-    out += [
-        f"## Test split: {c['test_queries']} queries searched over the full corpus of {c['corpus']} passages",
-        "",
-        "Each value is the mean over test queries with its 95% bootstrap interval.",
-        "",
-        c["table_md"],
-        "",
-        "Paired comparisons over the same queries (bootstrap interval of the difference, sign-flip permutation p):",
-        "",
-        c["comparison_md"],
-        "",
-        *(["NDCG@10 by the method that made each test pair:", "", c["by_method_md"], ""] if c["by_method_md"] else []),
-        "Metrics follow trec_eval (graded NDCG). Triplet accuracy is the classic recipe's number: the share of "
-        "(query, positive, mined negative) where the positive scores higher; with easy negatives it saturates "
-        "near 1.0 and says little, which is why retrieval over the full corpus is the headline.",
-        "",
-        "## Data",
-        "",
-        f"- source: `{s['source']}` ({s['format']})",
-        f"- rows read: {s['rows_read']}; pairs kept: {s['pairs']} over {s['queries']} queries and "
-        f"{s['passages']} distinct passages",
-        f"- duplicate pairs dropped: {s['duplicate_pairs_dropped']}; bad rows skipped: {s['bad_rows_skipped']}; "
-        f"non-relevant judgements ignored: {s['non_relevant_judgements']}; "
-        f"pairs left out by sampling: {s['pairs_sampled_out']}",
-        f"- passages relevant to more than one query: {s['passages_under_several_queries']}",
-        "- training queries by source: " + ", ".join(f"{k} {v}" for k, v in c["training_pairs_by_source"].items()),
-        f"- splits ({c['data_meta'].get('split_method', 'random')}): "
-        + ", ".join(f"{k} {v['queries']} queries / {v['rows']} rows" for k, v in splits.items()),
-    ]
-    leakage = c["data_meta"].get("leakage")
-    if leakage:
-        out += [f"- leakage across splits: {leakage['summary']}"]
-    out += ["", "## Negatives", ""] + [f"- {k}: {v}" for k, v in c["data_meta"].get("mining", {}).items()]
-    out += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in c["train_info"].items()]
-    for kind in ("improved", "worsened"):
-        if c["movers"][kind]:
-            out += ["", f"## Test queries that {kind} most", ""]
-            out += [
-                f"- {m['delta'] * 100:+.1f} pts (first relevant at rank {m['base_rank']} → {m['tuned_rank']}): "
-                f"{m['query']}"
-                for m in c["movers"][kind]
-            ]
-    out += [
-        "",
-        "## Use the model",
-        "",
-        f"Model folder: `{c['model_dir']}` (a sentence-transformers folder; its README.md carries these numbers).",
-        "",
-        "```",
-        f'ragtune search {c["model_dir"]} --corpus {c["data_dir"]} "your question"',
-        "```",
-        "",
-        "## Configuration",
-        "",
-        "```yaml",
-        c["config_yaml"].strip(),
-        "```",
-        "",
-    ]
-    write_text(path, "\n".join(out))
-    return path
-
-
-def _model_card_section(model_dir: Path, table: str, comparisons: str, conclusion: str) -> None:
-    card = model_dir / "README.md"
-    marker = "\n## ragtune evaluation\n"
-    text = card.read_text().split(marker)[0] if card.exists() else ""
-    body = f"\nHeld-out test queries, searched over the full corpus.\n\n{table}\n\n{comparisons}\n\n{conclusion}\n"
-    write_text(card, text + marker + body)

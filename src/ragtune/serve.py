@@ -21,7 +21,8 @@ import numpy as np
 from ragtune.data import normalise
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
-from ragtune.search import Index, flat_index
+from ragtune.faiss_search import flat_index
+from ragtune.index import Index
 
 PAGE = Path(__file__).with_name("page.html")
 

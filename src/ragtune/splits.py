@@ -111,7 +111,7 @@ def leakage_report(
             identical = [t for t in left if normalise(t) in right_norm]
             near: list[dict[str, Any]] = []
             if vectors is not None and left and right:
-                from ragtune.search import flat_index, search_chunked
+                from ragtune.faiss_search import flat_index, search_chunked
 
                 scores, ids = search_chunked(flat_index(vectors(right)), vectors(left), 1)
                 for t, score, j in zip(left, scores[:, 0], ids[:, 0], strict=True):

@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ragtune.data import Document, load_documents
 from ragtune.errors import RagtuneError
 from ragtune.outputs import write_jsonl
-from ragtune.search import Document, load_documents
 from ragtune.sentences import split_sentences
 
 OFFLINE_METHODS = ("title", "ict", "crop")

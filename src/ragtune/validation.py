@@ -11,8 +11,8 @@ import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
 from ragtune.data import PairData
+from ragtune.faiss_search import flat_index, search_chunked
 from ragtune.metrics import aggregate, per_query
-from ragtune.search import flat_index, search_chunked
 
 
 class GradedRetrievalEvaluator(SentenceEvaluator):

@@ -1,0 +1,97 @@
+"""Markdown tables of a run's numbers: what the report, the model card and the CLI print."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ragtune.metrics import METRICS
+from ragtune.significance import Comparison
+
+HEADLINE = "ndcg@10"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def metrics_table(
+    metrics: dict[str, dict[str, float]],
+    systems: list[str] | None = None,
+    extra: dict[str, dict[str, float | None]] | None = None,
+    cis: dict[str, dict[str, tuple[float, float]]] | None = None,
+) -> str:
+    """A Markdown table, one row per system; `cis` adds a 95% interval to each value, `extra` more columns."""
+    systems = systems or list(metrics)
+    extra = extra or {}
+    head = "| system | " + " | ".join(list(METRICS) + list(extra)) + " |"
+    lines = [head, "|---|" + "---:|" * (len(METRICS) + len(extra))]
+    for s in systems:
+        cells = []
+        for m in METRICS:
+            cell = _fmt(metrics[s].get(m))
+            if cis and s in cis:
+                low, high = cis[s][m]
+                cell += f" [{low:.3f}, {high:.3f}]"
+            cells.append(cell)
+        cells += [_fmt(extra[c].get(s)) for c in extra]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(comparisons: list[Comparison]) -> str:
+    """One row per comparison; with Holm-adjusted p-values (`significance.holm`), a column and a note for them."""
+    adjusted = any(c.p_holm is not None for c in comparisons)
+    head = "| system | vs | metric | difference | 95% CI | p |" + (" Holm p |" if adjusted else "") + " verdict |"
+    lines = [head, "|---|---|---|---:|---:|---:|" + ("---:|" if adjusted else "") + "---|"]
+    for c in comparisons:
+        holm_cell = f" {c.p_holm:.3f} |" if adjusted else ""
+        lines.append(
+            f"| {c.system} | {c.baseline} | {c.metric} | {c.delta * 100:+.2f} pts | "
+            f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}] | {c.p_value:.3f} |{holm_cell} {c.verdict} |"
+        )
+    if adjusted:
+        lines += [
+            "",
+            f"{len(comparisons)} comparisons on the same queries: 'Holm p' is each p adjusted for all of them "
+            "(Holm's method), the one to read when asking whether any difference is real.",
+        ]
+    return "\n".join(lines)
+
+
+def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
+    """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25."""
+    lines = [
+        "| eval set | queries | passages | bm25 | base | tuned | tuned − base [95% CI], p | tuned − bm25 [95% CI], p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in sets.items():
+        cells = []
+        for system in ("bm25", "base", "tuned"):
+            low, high = r["ci95"][system][HEADLINE]
+            cells.append(f"{r['metrics'][system][HEADLINE]:.4f} [{low:.3f}, {high:.3f}]")
+        diffs = []
+        for baseline in ("base", "bm25"):
+            c = next(
+                c
+                for c in r["comparisons"]
+                if (c["baseline"], c["system"], c["metric"]) == (baseline, "tuned", HEADLINE)
+            )
+            holm_p = f" (Holm {c['p_holm']:.3f})" if c.get("p_holm") is not None else ""
+            diffs.append(
+                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], "
+                f"{c['p_value']:.3f}{holm_p}"
+            )
+        lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
+    return "\n".join(lines)
+
+
+def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
+    lines = ["| method | queries | " + " | ".join(systems) + " | tuned − base [95% CI] |"]
+    lines.append("|---|---:|" + "---:|" * len(systems) + "---:|")
+    for method, row in rows.items():
+        c = row.get("tuned_vs_base")
+        diff = f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}]" if c else ""
+        cells = " | ".join(f"{row[s]:.4f}" for s in systems)
+        lines.append(f"| {method} | {row['queries']} | {cells} | {diff} |")
+    return "\n".join(lines)
