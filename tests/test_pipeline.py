@@ -47,8 +47,8 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
         "mined/rows.jsonl",
     ]:
         assert (out / name).exists(), name
-    assert set(summary["metrics"]) == {"bm25", "base", "tuned"}
-    assert all(0 <= v <= 1 for m in summary["metrics"].values() for v in m.values())
+    assert set(summary.metrics) == {"bm25", "base", "tuned"}
+    assert all(0 <= v <= 1 for m in summary.metrics.values() for v in m.values())
     base = json.loads((out / "eval/base/result.json").read_text())
     assert base["test"]["corpus"] == 60 and base["test"]["queries"] == 6  # test queries over every passage
     assert base["validation"]["queries"] == 6
@@ -88,7 +88,7 @@ def test_regression_guard_keeps_the_base_model(tiny_model, pubmedqa_path, tmp_pa
     assert results["recommended_model"] == "base" and results["regression"]["regressed"]
     assert "not better than the base model" in (tmp_path / "run" / "report.md").read_text()
     cfg.allow_regression = True
-    assert run(cfg)["recommended_model"] == "base"  # accepted: same verdict, exit 0
+    assert run(cfg).recommended_model == "base"  # accepted: same verdict, exit 0
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_run_from_a_bare_corpus_makes_pairs_and_reports_by_method(tiny_model, tm
     assert {p["doc_id"] for p in pairs} <= {json.loads(line)["_id"] for line in (beir / "corpus.jsonl").open()}
     stats = json.loads((out / "synth" / "stats.json").read_text())
     assert stats["chunking"]["chunks"] > 60 and stats["chunking"]["longest_chunk_tokens"] <= 96
-    assert set(summary["by_method"]) == {"title", "crop"}
+    assert set(summary.results["by_method"]) == {"title", "crop"}
     assert "by the method that made each test pair" in (out / "report.md").read_text()
 
 
@@ -184,4 +184,4 @@ def test_changed_input_data_reruns_every_stage(tiny_model, tmp_path):
     after = _markers(out)
     assert [d for d in STAGE_DIRS if after[d] == before[d]] == []  # nothing stale was trusted
     prepared = json.loads((out / "prepared" / "stats.json").read_text())["load_stats"]
-    assert prepared["queries"] == 80 and first["test_queries"] != second["test_queries"]
+    assert prepared["queries"] == 80 and first.test_queries != second.test_queries

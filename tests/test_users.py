@@ -158,7 +158,7 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     assert results["corpus"] >= adapt_stats["corpus_passages_new"] + 100
     report = (out / "report.md").read_text()
     assert "Where users are" in report and "| medicationqa-test | 346 |" in report and "Warning" in report
-    assert summary["eval_table"].count("\n") == 2
+    assert summary.eval_table.count("\n") == 2
 
     # The benchmark that collects recipes into the README's table reads the same run.
     import subprocess
@@ -175,6 +175,6 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
 
     # An eval set dropped from the config is no longer reported (its folder stays, unused).
     again = run(cfg.model_copy(update={"eval_sets": [], "guard": "validation"}), allow_regression=True)
-    assert again["eval_sets"] == {} and again["eval_table"] == ""
+    assert again.eval_sets == {} and again.eval_table == ""
     assert json.loads((out / "results.json").read_text())["eval_sets"] == {}
     assert (out / "eval" / "sets" / "medicationqa-test" / "result.json").exists()

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel, ValidationError
 
+from ragtune import terminal
 from ragtune.config import (
     Adapter,
     DataConfig,
@@ -45,6 +46,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final result.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug log lines too (training losses), and libraries' own bars.")
+    ] = False,
+) -> None:
+    """Fine-tune an embedding model on your own domain data and measure whether retrieval got better."""
+    terminal.configure(quiet, verbose)
+    _state["quiet"] = quiet
+
+
+_state = {"quiet": False}
+
+
+def _shown():
+    return terminal.shown(_state["quiet"])
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Read defaults from this run config (YAML).")]
 CacheOpt = Annotated[
@@ -113,7 +134,8 @@ def prepare(
         sample_seed=sample_seed,
         group_column=group_column,
     )
-    loaded = prepare_stage(settings, out)
+    with _shown():
+        loaded = prepare_stage(settings, out)
     typer.echo(json.dumps(loaded.stats.to_dict(), indent=2))
     typer.echo(f"prepared data written to {out}")
 
@@ -188,7 +210,8 @@ def mine_cmd(
         batch_size=batch_size,
     )
     split = _settings(SplitConfig, config, "split")
-    stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length, split)
+    with _shown():
+        stats = mine_stage(prepared, _base_model(model, config), settings, out, cache_dir, max_seq_length, split)
     typer.echo(json.dumps(stats, indent=2))
     typer.echo(f"mined rows written to {out}")
 
@@ -239,7 +262,8 @@ def split_cmd(
         split_by=split_by,
         near_duplicate_cosine=near_duplicate_cosine,
     )
-    meta = split_stage(mined, settings, out, cache_dir, model, max_seq_length)
+    with _shown():
+        meta = split_stage(mined, settings, out, cache_dir, model, max_seq_length)
     typer.echo(json.dumps(meta["splits"], indent=2))
     typer.echo(f"splits written to {out} ({meta['split_method']} split)")
 
@@ -269,9 +293,10 @@ def evaluate_cmd(
         if target:  # before the work, so a finished evaluation is never lost to an unwritable path
             check_file_output(target, [data])
     models = {m: m for m in model}
-    result = evaluate_stage(
-        models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
-    )
+    with _shown():
+        result = evaluate_stage(
+            models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+        )
     systems = (["bm25"] if bm25 else []) + list(models)
     triplet = result["triplet_accuracy"]
     extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
@@ -307,9 +332,10 @@ def compare_cmd(
     settings = _settings(EvalConfig, None, "evaluate", batch_size=batch_size, max_seq_length=max_seq_length)
     if output_json:
         check_file_output(output_json, [data])
-    result = compare_stage(
-        models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
-    )
+    with _shown():
+        result = compare_stage(
+            models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+        )
     comparisons = result.pop("_comparisons")
     typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
     typer.echo(metrics_table(result["metrics"], result["systems"], cis=result["ci95"]))
@@ -392,7 +418,8 @@ def train_cmd(
         attention_dropout=attention_dropout,
         report_to=report_to,
     )
-    result = train(_base_model(model, config), data, out, settings, resume=resume)
+    with _shown():
+        result = train(_base_model(model, config), data, out, settings, resume=resume)
     if result.wrote_model:
         typer.echo(
             f"rank {result.rank}: model saved to {result.model_dir} after {result.steps} steps; "
@@ -472,7 +499,8 @@ def synth_cmd(
         round_trip_k=round_trip_k,
         round_trip_model=round_trip_model or "default",
     )
-    stats, raw = synth_llm(corpus, out, settings, text_column, id_column)
+    with _shown():
+        stats, raw = synth_llm(corpus, out, settings, text_column, id_column)
     typer.echo(json.dumps(stats.to_dict(), indent=2))
     typer.echo(f"{stats.pairs} pairs written to {out} (raw answers kept in {raw}; re-running resumes from it)")
     if stats.failed:
@@ -502,7 +530,8 @@ def index_cmd(
     from ragtune.index import index_corpus
 
     encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend)
-    index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column)
+    with _shown():
+        index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column)
     if add:
         typer.echo(f"added {added} new documents ({seen - added} already indexed); {out} holds {len(index.documents)}")
         return
@@ -558,18 +587,19 @@ def search_cmd(
         if not queries_file.is_file():
             raise RagtuneError(f"queries file not found: {queries_file}")
         queries += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
-    hits = search_anything(
-        model,
-        queries,
-        k,
-        corpus,
-        parse_filters(filter_ or []),
-        text_column,
-        id_column,
-        max_seq_length,
-        cache_dir,
-        show_progress=not as_json,
-    )
+    with _shown():
+        hits = search_anything(
+            model,
+            queries,
+            k,
+            corpus,
+            parse_filters(filter_ or []),
+            text_column,
+            id_column,
+            max_seq_length,
+            cache_dir,
+            show_progress=not as_json,
+        )
     if as_json:
         typer.echo(json.dumps(hits_to_json(queries, hits), indent=2))
         return
@@ -632,11 +662,35 @@ def run_cmd(
 ) -> None:
     """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
 
+    from ragtune.errors import RegressionError
     from ragtune.pipeline import run
 
     overrides = [f"output_dir={output_dir}"] if output_dir else []
     cfg = override(load_config(config), overrides + list(set_ or []), str(config))
-    run(cfg, allow_regression=allow_regression)
+    try:
+        with _shown():
+            result = run(cfg, allow_regression=allow_regression)
+    except RegressionError as err:
+        if err.result is not None:
+            _print_run(err.result)
+        raise
+    _print_run(result)
+
+
+def _print_run(result) -> None:
+    out = terminal.console
+    out.rule("[bold]result")
+    out.print(result.table, soft_wrap=True, markup=False)
+    out.print()
+    out.print(result.verdict, markup=False)
+    if result.eval_table:
+        out.print("\nwhere users are (NDCG@10 on each eval set):", markup=False)
+        out.print(result.eval_table, soft_wrap=True, markup=False)
+    if result.template_warning:
+        out.print(f"\n[bold yellow]warning:[/bold yellow] {result.template_warning}", soft_wrap=True)
+    out.print(f"\nmodel:  {result.model_dir}\nreport: {result.report_html} (and {result.report_md})")
+    if result.regression["regressed"]:
+        out.print(f"\n[bold red]{result.regression['message']}[/bold red]")
 
 
 def main() -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 
+from ragtune import progress
 from ragtune.errors import RagtuneError
 
 DEFAULT_MODEL = "default"
@@ -69,7 +72,8 @@ def load_model(
     local = Path(resolved).is_dir()
     try:
         # local_files_only also keeps the model card from looking the base model up on the Hub.
-        model = SentenceTransformer(resolved, device=device, local_files_only=local, config_kwargs=config_kwargs)
+        with _no_loading_bars():
+            model = SentenceTransformer(resolved, device=device, local_files_only=local, config_kwargs=config_kwargs)
     except OSError as err:
         if local:
             raise RagtuneError(f"{resolved}: could not load the model: {err}") from err
@@ -86,6 +90,20 @@ def load_model(
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
+
+
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar for every model it builds; loading is not work a user waits on."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def model_fingerprint(name: str | Path) -> str:
@@ -172,6 +190,28 @@ class Encoder:
         for row, key in enumerate(keys):
             self._index[key] = (s, row)
 
+    def _encode_batches(self, texts: list[str], shown) -> np.ndarray:
+        """The model's own batches, one model call each so progress can be told per batch: texts sorted longest
+        first exactly as sentence-transformers sorts one call's inputs, so every batch (and its padding) is the
+        one a single call would make and the vectors are bit-identical to it."""
+        order = np.argsort([-len(t) for t in texts])
+        vectors = np.empty((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+            if vectors.shape[1] == 0:
+                vectors = np.empty((len(texts), batch.shape[1]), dtype=np.float32)
+            vectors[rows] = batch
+            if shown is not None:
+                shown.advance(len(rows))
+        return vectors
+
     def encode(self, texts: list[str], desc: str = "encoding") -> np.ndarray:
         index = self._load_index()
         keys = [_text_key(t) for t in texts]
@@ -180,19 +220,12 @@ class Encoder:
             if k not in index and k not in missing:
                 missing[k] = t
         todo = list(missing.items())
-        for start in range(0, len(todo), _SHARD_ROWS):
-            chunk = todo[start : start + _SHARD_ROWS]
-            if self.show_progress and len(todo) > _SHARD_ROWS:
-                print(f"{desc}: {start + len(chunk)}/{len(todo)} new texts")
-            vectors = self.model.encode(
-                [t for _, t in chunk],
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=self.show_progress,
-            ).astype(np.float32)
-            self.encoded_count += len(chunk)
-            self._store([k for k, _ in chunk], vectors)
+        with progress.task(desc, len(todo)) if todo and self.show_progress else nullcontext() as shown:
+            for start in range(0, len(todo), _SHARD_ROWS):
+                chunk = todo[start : start + _SHARD_ROWS]
+                vectors = self._encode_batches([t for _, t in chunk], shown)
+                self.encoded_count += len(chunk)
+                self._store([k for k, _ in chunk], vectors)
         dim = self._shards[0].shape[1] if self._shards else self.model.get_embedding_dimension()
         out = np.empty((len(texts), dim), dtype=np.float32)
         for i, k in enumerate(keys):

@@ -11,3 +11,7 @@ class RegressionError(RagtuneError):
     """The tuned model is not better than the base model on validation (the run itself finished)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result  # the finished run's RunResult, so a caller can still read every number

@@ -151,7 +151,9 @@ def search_index(
     """Search a persisted index with the model that built it (queries are not cached: they are one-off)."""
     index = Index.load(folder)
     encoder = index.query_encoder(show_progress)
-    vectors = encoder.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    vectors = encoder.model.encode(
+        queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    ).astype(np.float32)
     return index.search(vectors, k, filters)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ragtune.data import Document
 from ragtune.errors import RagtuneError
+from ragtune.progress import track
 from ragtune.synth import Pair
 
 DEFAULT_PROMPT = """Write {n} different questions that a user of a search engine might ask and that the passage \
@@ -191,12 +192,11 @@ def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, p
     client = _Client(settings, stats)
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     write_lock = threading.Lock()
-    from tqdm import tqdm
-
     with raw_path.open("a", encoding="utf-8") as out, ThreadPoolExecutor(settings.concurrency) as pool:
         futures = {pool.submit(client.ask, d.text): d for d in todo}
         stats.requested = len(futures)
-        for future in tqdm(as_completed(futures), total=len(futures), desc="asking the LLM", disable=not progress):
+        finished = as_completed(futures)
+        for future in track(finished, "asking the LLM", len(futures)) if progress else finished:
             doc = futures[future]
             try:
                 content = future.result()

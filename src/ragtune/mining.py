@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ragtune import screen
 from ragtune.config import MiningConfig
@@ -39,6 +38,7 @@ from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index, ivf_index, recall_against_exact, search_chunked
 from ragtune.outputs import write_json, write_jsonl
+from ragtune.progress import track
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # (queries, k, exclude mask or None)
 
@@ -110,7 +110,7 @@ def least_similar_assignment(
             return screened.taken_share(i - at, min(len(screened), i - at + 4 * limit), used)
         return used[np.maximum(first[i : i + 4 * limit], 0)].mean(axis=1)
 
-    for i in tqdm(range(m), desc="least-similar walk", disable=m < 100_000, mininterval=10):
+    for i in track(range(m), "least-similar walk", m, every=1024):
         if screener is not None and i >= at + len(tentative):
             at, stop = i, min(m, i + _SCREENED_ROWS)
             screened = screener.lists(row_vectors[at:stop], used)
@@ -466,7 +466,7 @@ def _rescore(rows, pools, data: PairData, corpus_ids, config: MiningConfig, stat
         query = data.queries[r.query_id]
         pairs.append((query, data.corpus[r.positive_id]))
         pairs += [(query, data.corpus[corpus_ids[c]]) for _, c in pool]
-    scores = model.predict(pairs, batch_size=config.batch_size, show_progress_bar=len(pairs) > 1000).tolist()
+    scores = model.predict(pairs, batch_size=config.batch_size, show_progress_bar=False).tolist()
     out, at = [], 0
     for _, pool in pools:
         positive_score, ce = scores[at], scores[at + 1 : at + 1 + len(pool)]

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 
 from ragtune import data as data_mod
+from ragtune import progress
 from ragtune.config import (
     AdaptConfig,
     DataConfig,
@@ -40,9 +41,10 @@ from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.mining import mine, read_mined, save_mined
 from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
+from ragtune.report import RunResult, compare_all, summarise_run
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 
-console = Console()
+log = logging.getLogger(__name__)
 STAGE_FILE = ".stage.json"
 EVAL_VERSION = 3  # bump when the evaluation output changes, so finished runs re-evaluate
 
@@ -110,7 +112,7 @@ def synth_stage(config: SynthConfig, model: str, out: Path) -> dict[str, Any]:
     made = synth_offline(corpus, list(config.methods), out / "pairs.jsonl", config.seed, text_column, id_column)
     stats["synth"] = made.to_dict()
     write_json(out / "stats.json", stats)
-    console.print(f"synthetic pairs: {stats}", markup=False)
+    log.info("synthetic pairs: %s", stats)
     return stats
 
 
@@ -140,7 +142,7 @@ def adapt_stage(
     with replace_folder(out, "adapted", [prepared, data_config.corpus, data_config.user_queries]) as new:
         data_mod.save_beir(adapted, new)
         write_json(new / "adapt.json", stats.to_dict())
-    console.print(f"adapted to the users' corpus: {stats.to_dict()}", markup=False)
+    log.info("adapted to the users' corpus: %s", stats.to_dict())
     return stats.to_dict()
 
 
@@ -207,7 +209,7 @@ def split_stage(
     with replace_folder(out, "data", [mined]) as new:
         save_splits(data, rows, split_ids, new, extra)
         write_json(new / "leakage.json", leakage)
-    console.print(f"leakage across splits: {leakage['summary']} (details in {out / 'leakage.json'})", markup=False)
+    log.info("leakage across splits: %s (details in %s)", leakage["summary"], out / "leakage.json")
     if config.push_to_hub:
         push_to_hub(out, config.push_to_hub)
     return json.loads((out / data_mod.DATA_MARKER).read_text())
@@ -276,7 +278,6 @@ def compare_stage(
     `models`: model paths (each named by its path) or {name: path}; `extra_pairs`: more (baseline, system)
     comparisons, e.g. ("bm25", "tuned")."""
     from ragtune.metrics import METRICS
-    from ragtune.report import compare_all
     from ragtune.significance import holm, mean_ci
 
     named = models if isinstance(models, dict) else {m: m for m in dict.fromkeys(models)}
@@ -316,17 +317,17 @@ def _pair_scores(model: str, data_path: Path, split: str | None, cache_dir, conf
 
 def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
     if stage_done(folder, key):
-        console.print(f"[green]✓ {name}[/green] (up to date, skipped)")
+        log.info("✓ %s (up to date, skipped)", name)
         return False
-    console.rule(f"[bold]{name}")
-    mark_stale(folder)
-    work()
-    folder.mkdir(parents=True, exist_ok=True)
-    mark_done(folder, key)
+    with progress.task(name):
+        mark_stale(folder)
+        work()
+        folder.mkdir(parents=True, exist_ok=True)
+        mark_done(folder, key)
     return True
 
 
-def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
+def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
     config = config.model_copy(deep=True)  # paths are filled in below; the caller's config stays as given
     out = Path(config.output_dir)
     inputs = [
@@ -419,24 +420,9 @@ def run(config: RunConfig, allow_regression: bool = False) -> dict[str, Any]:
             lambda s=eval_set: _save_eval_set(s, base, out, config.evaluate),
         )
 
-    from ragtune.report import summarise_run
-
     summary = summarise_run(out, resolved_yaml, config.guard, [s.name for s in config.eval_sets])
-    console.rule("[bold]result")
-    console.print(summary["table"], soft_wrap=True, markup=False)
-    console.print()
-    console.print(summary["verdict"], markup=False)
-    if summary["eval_table"]:
-        console.print("\nwhere users are (NDCG@10 on each eval set):", markup=False)
-        console.print(summary["eval_table"], soft_wrap=True, markup=False)
-    if summary["template_warning"]:
-        console.print(f"\n[bold yellow]warning:[/bold yellow] {summary['template_warning']}", soft_wrap=True)
-    console.print(f"\nmodel:  {out / 'model'}\nreport: {summary['report']} (and {summary['report_md']})")
-    guard = summary["regression"]
-    if guard["regressed"]:
-        console.print(f"\n[bold red]{guard['message']}[/bold red]")
-        if not (allow_regression or config.allow_regression):
-            raise RegressionError(guard["message"] + " Pass --allow-regression to accept it.")
+    if summary.regression["regressed"] and not (allow_regression or config.allow_regression):
+        raise RegressionError(summary.regression["message"] + " Pass --allow-regression to accept it.", summary)
     return summary
 
 

@@ -7,6 +7,7 @@ tables here are also what the CLI prints.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,45 @@ def by_method(per_query: dict, methods: dict[str, str], systems: list[str]) -> d
     return out
 
 
+@dataclass
+class RunResult:
+    """A finished run: where its model and reports are, and its headline numbers.
+
+    Attributes:
+        output_dir: The run folder.
+        model_dir: The tuned model, a sentence-transformers folder (`SentenceTransformer(str(model_dir))`).
+        report_html: The HTML report; `report_md` the same in Markdown.
+        metrics: Test-split metrics per system (`bm25`, `base`, `tuned`) and metric (`ndcg@10`, `mrr@10`, ...).
+        verdict: One sentence: did the tuned model beat the base model, by how much, is it significant.
+        regression: The regression guard: `regressed`, `message`, and the set it judged (`on`).
+        recommended_model: `tuned`, or `base` when the guard found a regression.
+        test_queries: Test queries, each searched over all `corpus` passages.
+        eval_sets: Per configured eval set (real users' questions): metrics, 95% intervals, paired comparisons.
+        template_warning: Why the in-distribution gain may overstate real-query gains, or None.
+        table: The test metrics as a Markdown table; `eval_table` the eval sets' NDCG@10 table ("" without sets).
+        results: Everything in `results.json` (intervals, comparisons, templates, by-method breakdowns).
+    """
+
+    output_dir: Path
+    model_dir: Path
+    report_html: Path
+    report_md: Path
+    metrics: dict[str, dict[str, float]]
+    verdict: str
+    regression: dict[str, Any]
+    recommended_model: str
+    test_queries: int
+    corpus: int
+    eval_sets: dict[str, dict[str, Any]]
+    template_warning: str | None
+    table: str
+    eval_table: str
+    results: dict[str, Any] = field(repr=False)
+
+
 def summarise_run(
     out: Path, resolved_yaml: str, guard_on: str = "validation", eval_sets: list[str] | None = None
-) -> dict[str, Any]:
+) -> RunResult:
     """The run's numbers as results.json, report.md and report.html. `eval_sets`: the names of the configured eval
     sets (a set dropped from the config is not reported, though its folder stays); default: every one on disk."""
     from ragtune.data import DATA_MARKER, load_ragtune_data
@@ -204,7 +241,23 @@ def summarise_run(
     md = write_markdown(out / "report.md", context)
     html = write_html(out / "report.html", context)
     write_model_card_section(out / "model", context["table_md"], context["comparison_md"], conclusion)
-    return {**summary, "table": table, "eval_table": context["eval_sets_md"], "report": str(html), "report_md": str(md)}
+    return RunResult(
+        output_dir=out,
+        model_dir=out / "model",
+        report_html=Path(html),
+        report_md=Path(md),
+        metrics=metrics,
+        verdict=conclusion,
+        regression=guard,
+        recommended_model=summary["recommended_model"],
+        test_queries=summary["test_queries"],
+        corpus=summary["corpus"],
+        eval_sets=summary["eval_sets"],
+        template_warning=summary["template_warning"],
+        table=table,
+        eval_table=context["eval_sets_md"],
+        results=summary,
+    )
 
 
 def _training_sources(data) -> dict[str, int]:

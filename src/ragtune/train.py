@@ -10,6 +10,7 @@ training log from rank 0 only when several processes train (torchrun).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragtune import progress
 from ragtune.config import TrainConfig
 from ragtune.data import load_ragtune_data
 from ragtune.embeddings import load_model
 from ragtune.errors import RagtuneError
 from ragtune.outputs import claim_folder, replace_folder, write_json
+
+log = logging.getLogger(__name__)
 
 BEST_METRIC = "eval_validation_cosine_ndcg@10"
 
@@ -95,6 +99,7 @@ def _arguments(
         ddp_backend="gloo" if world_size() > 1 and not _has_cuda() else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
+        disable_tqdm=True,  # progress goes to ragtune.progress (the CLI's display), the losses to logging
     )
 
 
@@ -314,6 +319,32 @@ def load_training_model(base_model: str, config: TrainConfig):
     return model
 
 
+def _report_progress(trainer) -> None:
+    """Steps to ragtune.progress and the trainer's log lines to logging, instead of its own printing."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.context, self.task = None, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.context = progress.task("training steps", state.max_steps)
+            self.task = self.context.__enter__()
+            self.task.advance(state.global_step)  # a resumed run starts where its checkpoint was
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.task.advance(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.debug("step %d: %s", state.global_step, logs)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.context.__exit__(None, None, None)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Progress())
+
+
 def train(
     base_model: str,
     data_dir: str | Path,
@@ -347,6 +378,7 @@ def train(
         evaluator=evaluator,
         callbacks=callbacks,
     )
+    _report_progress(trainer)
     resume_from = last_checkpoint(checkpoint_dir) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"

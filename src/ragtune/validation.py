@@ -25,7 +25,7 @@ class GradedRetrievalEvaluator(SentenceEvaluator):
         self.greater_is_better = True
 
     def _encode(self, model, texts: list[str]) -> np.ndarray:
-        vectors = model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True)
+        vectors = model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
         if self.truncate_dim:
             vectors = vectors[:, : self.truncate_dim]
         return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
