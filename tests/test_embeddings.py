@@ -43,3 +43,46 @@ def test_resolve_model(tmp_path):
     with pytest.raises(RagtuneError, match="not a model folder"):
         resolve_model(tmp_path / "empty")
     assert resolve_model("someone/some-model") == "someone/some-model"  # a Hub id passes through untouched
+
+
+def test_batch_by_batch_encoding_is_bit_identical_to_one_call_and_tells_progress(tiny_model, tmp_path):
+    from contextlib import contextmanager
+
+    from ragtune import progress
+
+    words = [
+        "the",
+        "heart",
+        "kidney",
+        "lung",
+        "liver",
+        "bone",
+        "skin",
+        "brain",
+        "blood",
+        "eye",
+        "ear",
+        "dose",
+        "tablet",
+    ]
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + (i * 13) % 40)) for i in range(150)]
+    seen = []
+
+    @contextmanager
+    def listener(description, total):
+        counts = [description, total, 0]
+        seen.append(counts)
+
+        class Task:
+            def advance(self, n=1):
+                counts[2] += n
+
+        yield Task()
+
+    with progress.listen(listener):
+        vectors = Encoder(tiny_model, tmp_path, batch_size=16).encode(texts, desc="encoding passages")
+    one_call = load_model(tiny_model).encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.array_equal(vectors, one_call.astype(np.float32))
+    assert seen == [["encoding passages", len(set(texts)), len(set(texts))]]
+    Encoder(tiny_model, tmp_path, batch_size=16).encode(texts)  # nobody listens: nothing told, nothing raised
+    assert len(seen) == 1

@@ -72,7 +72,7 @@ def load_model(
     local = Path(resolved).is_dir()
     try:
         # local_files_only also keeps the model card from looking the base model up on the Hub.
-        with _no_loading_bars():
+        with no_library_bars():
             model = SentenceTransformer(resolved, device=device, local_files_only=local, config_kwargs=config_kwargs)
     except OSError as err:
         if local:
@@ -93,8 +93,9 @@ def load_model(
 
 
 @contextmanager
-def _no_loading_bars() -> Iterator[None]:
-    """transformers draws a "Loading weights" bar for every model it builds; loading is not work a user waits on."""
+def no_library_bars() -> Iterator[None]:
+    """transformers draws a bar for every model it loads or saves ("Loading weights", "Writing model shards"):
+    not work a user waits on, and ragtune tells its own progress (`ragtune.progress`)."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,8 +34,7 @@ console = Console()
 def configure(quiet: bool = False, verbose: bool = False) -> None:
     """ragtune's log lines at INFO (WARNING with `quiet`, DEBUG with `verbose`); other libraries' at WARNING."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = _Lines()
     logger = logging.getLogger("ragtune")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
@@ -46,6 +44,16 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
         for variable in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
             os.environ.setdefault(variable, "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class _Lines(logging.Handler):
+    """A log record as one plain line (wrapped by rich), warnings and errors marked in colour."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        mark = {logging.WARNING: "[yellow]warning:[/yellow] ", logging.ERROR: "[red]error:[/red] "}
+        prefix = mark.get(record.levelno, "[dim]debug:[/dim] " if record.levelno < logging.INFO else "")
+        console.print(prefix, end="")
+        console.print(self.format(record), markup=False, highlight=False)
 
 
 class _Display:
@@ -65,7 +73,7 @@ class _Display:
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[progress.Task]:
-        if self.depth == 0:
+        if self.depth == 0 and console.is_terminal:  # a log file gets the ✓ lines only
             self.bars.start()
         label = description if self.depth == 0 else "  " + description
         task_id = self.bars.add_task(label, total=total)
@@ -77,7 +85,8 @@ class _Display:
             self.depth -= 1
             self.bars.remove_task(task_id)
             if self.depth == 0:
-                self.bars.stop()
+                if self.bars.live.is_started:
+                    self.bars.stop()
                 console.print(f"[green]✓[/green] {description} [dim]({time.monotonic() - started:.1f} s)[/dim]")
 
 

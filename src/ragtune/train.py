@@ -21,7 +21,7 @@ from typing import Any
 from ragtune import progress
 from ragtune.config import TrainConfig
 from ragtune.data import load_ragtune_data
-from ragtune.embeddings import load_model
+from ragtune.embeddings import load_model, no_library_bars
 from ragtune.errors import RagtuneError
 from ragtune.outputs import claim_folder, replace_folder, write_json
 
@@ -345,6 +345,18 @@ def _report_progress(trainer) -> None:
     trainer.add_callback(Progress())
 
 
+def _save_models(trainer, config: TrainConfig, base_model: str, output_dir: Path, history: list) -> None:
+    """Each folder is built beside the old one and swapped in: a crash never leaves half a model."""
+    with no_library_bars():
+        if config.adapter == "lora":
+            with replace_folder(output_dir / "adapter", "adapter") as new:
+                trainer.model.save(str(new))
+            merge_lora(trainer.model, base_model, output_dir / "adapter", config.max_seq_length)
+        with replace_folder(output_dir / "model", "model") as new:
+            trainer.model.save(str(new))
+            write_json(new / "training_log.json", history)
+
+
 def train(
     base_model: str,
     data_dir: str | Path,
@@ -370,6 +382,10 @@ def train(
     evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims)
     checkpoint_dir = claim_folder(output_dir / "checkpoints", "checkpoints")
     args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
+    # Hub widget samples: their loop draws its own bar, and sentence-transformers 6.2's trainer samples them even
+    # with generate_widget_examples=False, so the sampler itself is switched off for this model.
+    model.model_card_data.generate_widget_examples = False
+    model.model_card_data.set_widget_examples = lambda dataset: None
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
@@ -380,19 +396,13 @@ def train(
     )
     _report_progress(trainer)
     resume_from = last_checkpoint(checkpoint_dir) if resume else None
-    trainer.train(resume_from_checkpoint=resume_from)
+    with no_library_bars():  # checkpoints saved, the best one loaded back
+        trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"
     history = trainer.state.log_history
     wrote = trainer.is_world_process_zero()
     if wrote:  # other ranks hold the same weights; one writer avoids torn files
-        # Each folder is built beside the old one and swapped in: a crash never leaves half a model.
-        if config.adapter == "lora":
-            with replace_folder(output_dir / "adapter", "adapter") as new:
-                trainer.model.save(str(new))
-            merge_lora(trainer.model, base_model, output_dir / "adapter", config.max_seq_length)
-        with replace_folder(model_dir, "model") as new:
-            trainer.model.save(str(new))
-            write_json(new / "training_log.json", history)
+        _save_models(trainer, config, base_model, output_dir, history)
     return TrainResult(
         model_dir=model_dir,
         log_history=history,
