@@ -1,3 +1,64 @@
-"""ragtune: fine-tune an embedding model on your own domain data and measure the retrieval gain honestly."""
+"""ragtune: fine-tune an embedding model on your own (query, passage) pairs and measure, honestly, whether retrieval
+got better.
+
+The whole pipeline is `ragtune.run(config)`; each stage is a function too:
+
+- `load_config`, `RunConfig`: a run's settings (YAML file or dict).
+- `run`: prepare, mine negatives, split, evaluate base + BM25, train, evaluate tuned, report -> `RunResult`.
+- `load_pairs`: any supported data (JSONL/CSV/Parquet pairs, BEIR folder, saved dataset) -> `PairData`.
+- `prepare`, `mine`, `split`: the first stages, folder to folder (what `run` chains).
+- `evaluate_models`, `compare_models`: retrieval metrics over the full corpus -> `EvalResult`, `ComparisonResult`.
+- `fine_tune`: fine-tune on a split folder -> `TrainResult`.
+- `build_index`, `retrieve`: a saved FAISS index of a corpus, and top-k hits from it or from a model and a corpus.
+
+Nothing is printed: library code logs through `logging` (logger `ragtune`) and tells progress to
+`ragtune.progress` listeners, so you see output only if you configure logging.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute); imported on first use so `import ragtune` stays light (no torch, no faiss). No name
+# equals a submodule's (train, evaluate, index, search): importing that submodule would replace the function.
+_API = {
+    "RunConfig": ("ragtune.config", "RunConfig"),
+    "load_config": ("ragtune.config", "load_config"),
+    "run": ("ragtune.pipeline", "run"),
+    "RunResult": ("ragtune.report", "RunResult"),
+    "load_pairs": ("ragtune.data", "load_pairs"),
+    "PairData": ("ragtune.data", "PairData"),
+    "load_documents": ("ragtune.data", "load_documents"),
+    "Document": ("ragtune.data", "Document"),
+    "prepare": ("ragtune.pipeline", "prepare_stage"),
+    "mine": ("ragtune.pipeline", "mine_stage"),
+    "split": ("ragtune.pipeline", "split_stage"),
+    "evaluate_models": ("ragtune.pipeline", "evaluate_stage"),
+    "EvalResult": ("ragtune.evaluate", "EvalResult"),
+    "compare_models": ("ragtune.pipeline", "compare_stage"),
+    "ComparisonResult": ("ragtune.pipeline", "ComparisonResult"),
+    "fine_tune": ("ragtune.train", "train"),
+    "TrainResult": ("ragtune.train", "TrainResult"),
+    "build_index": ("ragtune.index", "index_corpus"),
+    "Index": ("ragtune.index", "Index"),
+    "retrieve": ("ragtune.search", "search_anything"),
+    "Hit": ("ragtune.index", "Hit"),
+    "Encoder": ("ragtune.embeddings", "Encoder"),
+    "RagtuneError": ("ragtune.errors", "RagtuneError"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'ragtune' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -298,13 +298,13 @@ def evaluate_cmd(
             models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
         )
     systems = (["bm25"] if bm25 else []) + list(models)
-    triplet = result["triplet_accuracy"]
+    triplet = result.triplet_accuracy
     extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
-    table = metrics_table(result["metrics"], systems, extra)
-    typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
+    table = metrics_table(result.metrics, systems, extra)
+    typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
     typer.echo(table)
     if output_json:
-        write_json(output_json, {s: result["metrics"][s] for s in systems})
+        write_json(output_json, {s: result.metrics[s] for s in systems})
     if markdown:
         write_text(markdown, table + "\n")
 
@@ -336,13 +336,12 @@ def compare_cmd(
         result = compare_stage(
             models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
         )
-    comparisons = result.pop("_comparisons")
-    typer.echo(f"{result['queries']} queries over a corpus of {result['corpus']} passages\n")
-    typer.echo(metrics_table(result["metrics"], result["systems"], cis=result["ci95"]))
+    typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
+    typer.echo(metrics_table(result.metrics, result.systems, cis=result.ci95))
     typer.echo("")
-    typer.echo(comparison_table(comparisons))
+    typer.echo(comparison_table(result.comparisons))
     if output_json:
-        write_json(output_json, result)
+        write_json(output_json, result.to_dict())
 
 
 @app.command("train")

@@ -212,6 +212,10 @@ class TrainConfig(Settings):
 
 
 class RunConfig(Settings):
+    """A run's settings: one section per stage (`data`, `mining`, `split`, `train`, `evaluate`, ...), each field
+    documented in the configuration reference. Build it from YAML (`load_config`) or a dict
+    (`RunConfig.model_validate({...})`); `ragtune run --set train.epochs=2` overrides one field."""
+
     base_model: str = Field("default", description="'default' (packaged all-MiniLM-L6-v2), a folder or Hub id.")
     output_dir: str = "runs/ragtune"
     allow_regression: bool = Field(
@@ -260,6 +264,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path: str | Path) -> RunConfig:
+    r"""A run config from a YAML file, validated: unknown or repeated keys and bad values are one-line errors.
+
+    Example:
+        >>> _ = open("run.yaml", "w").write("output_dir: runs/mine\ndata: {path: pairs.jsonl}")
+        >>> config = ragtune.load_config("run.yaml")
+        >>> config.data.path.endswith("/pairs.jsonl")  # paths are read relative to the config file
+        True
+    """
     path = Path(path)
     if not path.is_file():
         raise RagtuneError(f"config file not found: {path}")

@@ -470,7 +470,26 @@ def load_pairs(
     sample_seed: int = 42,
     group_column: str | None = None,
 ) -> PairData:
-    """Load any supported source. `format='pubmedqa'` with no path finds (or downloads) the PubMedQA file."""
+    """Load (query, passage) pairs from any supported source.
+
+    Args:
+        path: A JSONL/CSV/TSV/Parquet pairs file, a BEIR folder, a saved dataset, a ragtune data folder, or the
+            PubMedQA JSON (`format='pubmedqa'` with no path finds, or downloads, it).
+        format: "auto" (by extension and folder contents), or one of the formats by name.
+        query_column, passage_column: The columns of a pairs file.
+        skip_bad_rows: Count and skip empty or malformed rows instead of stopping at the first.
+        max_pairs: Keep a seeded random sample of this many pairs.
+        sample_seed: The sample's seed.
+        group_column: Rows sharing this column's value stay in one split.
+
+    Returns:
+        Queries, passages (deduplicated), graded relevance, and the file's own splits when it has them.
+
+    Example:
+        >>> data = ragtune.load_pairs("pairs.jsonl")
+        >>> len(data.queries), len(data.corpus)
+        (40, 40)
+    """
     if format == "pubmedqa" and (path is None or not Path(path).exists()):
         path = resolve_pubmedqa(str(path) if path else None)
     if path is None:

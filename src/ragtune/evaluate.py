@@ -21,11 +21,37 @@ DEPTH = 100  # the deepest cutoff any metric reads (recall@100, map@100)
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # system -> metric -> mean
-    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # system -> metric -> qid
-    top: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # system -> qid -> top-10 passage ids
+    """Retrieval metrics of several systems on the same queries, each searched over the whole corpus.
+
+    Attributes:
+        metrics: System (`bm25`, or a model's name) -> metric (`ndcg@10`, `mrr@10`, `recall@1/10/100`, `map@100`,
+            `precision@10`) -> mean over the queries.
+        per_query: System -> metric -> query id -> value (what intervals and paired tests are computed from).
+        top: System -> query id -> the ten passage ids it ranked first.
+        queries: How many queries were searched; `corpus` over how many passages.
+        pair_scores: Per model, cosine of each query to its positive and to its mined negatives (ragtune data only).
+        triplet_accuracy: Per model, the share of (query, positive, negative) with the positive closer, or None.
+    """
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    top: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     queries: int = 0
     corpus: int = 0
+    pair_scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    triplet_accuracy: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The layout of `eval/<model>/result.json`."""
+        return {
+            "metrics": self.metrics,
+            "per_query": self.per_query,
+            "top10": self.top,
+            "queries": self.queries,
+            "corpus": self.corpus,
+            "pair_scores": self.pair_scores,
+            "triplet_accuracy": self.triplet_accuracy,
+        }
 
 
 def dense_run(encoder: Encoder, data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:

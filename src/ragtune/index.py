@@ -167,7 +167,22 @@ def index_corpus(
 ) -> tuple[Index, int, int]:
     """Build an index of `corpus` in `out`, or with `add` append its new documents to the index there.
 
-    Returns the index, how many documents were added, and how many the corpus holds."""
+    Args:
+        encoder: The model that encodes the passages (`Encoder("runs/x/model")`); queries must later use the same.
+        corpus: JSONL/CSV/Parquet file, BEIR folder, saved dataset or ragtune data folder; columns other than the
+            id and the text become filterable metadata.
+        out: The index folder (FAISS vectors, the documents, the model's fingerprint).
+        add: Append the corpus' new ids to the index in `out` instead of building one.
+        text_column, id_column: Where the text and the id are.
+
+    Returns:
+        The index, how many documents were added, and how many the corpus holds.
+
+    Example (`corpus.jsonl` holds three passages with ids `heart`, `kidney`, `skin`):
+        >>> index, added, total = ragtune.build_index(ragtune.Encoder("default"), "corpus.jsonl", "my-index")
+        >>> added, total
+        (3, 3)
+    """
     out = Path(out)
     check_no_overlap(out, [corpus])
     documents = load_documents(corpus, text_column, id_column)

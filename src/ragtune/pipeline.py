@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,12 @@ from ragtune.config import (
 )
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
-from ragtune.evaluate import evaluate_systems, pair_scores, triplet_accuracy
+from ragtune.evaluate import EvalResult, evaluate_systems, pair_scores, triplet_accuracy
+from ragtune.metrics import METRICS
 from ragtune.mining import mine, read_mined, save_mined
 from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
 from ragtune.report import RunResult, compare_all, summarise_run
+from ragtune.significance import Comparison, holm, mean_ci
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,23 @@ def mark_stale(folder: Path) -> None:
 # ---- stages, each usable on its own ---------------------------------------------------------------------------
 
 
-def prepare_stage(config: DataConfig, out: Path) -> data_mod.PairData:
+def prepare_stage(config: DataConfig, out: str | Path) -> data_mod.PairData:
+    """Load the pairs `config` names and save them, normalised, as a BEIR folder in `out` (`prepared/`).
+
+    Args:
+        config: Where the data is and how to read it (`data:` of a run config).
+        out: The folder to write; replaced only if ragtune made it.
+
+    Returns:
+        The loaded pairs: queries, passages, relevance judgements.
+
+    Example (examples run in order, in a folder holding `pairs.jsonl`):
+        >>> from ragtune.config import DataConfig
+        >>> data = ragtune.prepare(DataConfig(path="pairs.jsonl"), "work/prepared")
+        >>> len(data.queries)
+        40
+    """
+    out = Path(out)
     data = data_mod.load_pairs(
         config.path,
         config.format,
@@ -147,16 +166,38 @@ def adapt_stage(
 
 
 def mine_stage(
-    prepared: Path,
+    prepared: str | Path,
     base_model: str,
     config: MiningConfig,
-    out: Path,
-    cache_dir: Path | None,
+    out: str | Path,
+    cache_dir: str | Path | None = None,
     max_seq_length: int | None = None,
     split: SplitConfig | None = None,
 ) -> dict[str, Any]:
-    """Mine negatives for every row. The split is decided here, before mining, so that with `negatives_from:
-    train` a training row never gets a validation/test passage as its negative; `split_stage` then reuses it."""
+    """Mine negatives for every row of a prepared folder and write the `mined/` folder.
+
+    The split is decided here, before mining, so that with `negatives_from: train` a training row never gets a
+    validation/test passage as its negative; `split_stage` then reuses it.
+
+    Args:
+        prepared: A folder written by `prepare`.
+        base_model: The model whose embeddings rank candidates: a folder, a Hub id, or "default".
+        config: How to mine (`mining:` of a run config): strategy, how many negatives, guards.
+        out: The folder to write.
+        cache_dir: Embedding cache (default: $RAGTUNE_CACHE_DIR or ~/.cache/ragtune).
+        max_seq_length: Truncate texts to this many tokens (default: the model's).
+        split: The split mining must respect with `negatives_from: train`.
+
+    Returns:
+        Mining statistics (JSON-able; also in `out/stats.json`).
+
+    Example:
+        >>> from ragtune.config import MiningConfig
+        >>> stats = ragtune.mine("work/prepared", "default", MiningConfig(strategy="hard"), "work/mined")
+        >>> stats["rows"]
+        40
+    """
+    prepared, out = Path(prepared), Path(out)
     data = data_mod.load_prepared(prepared)
     held_out = None
     if config.negatives_from == "train":
@@ -175,17 +216,35 @@ def mine_stage(
 
 
 def split_stage(
-    mined: Path,
+    mined: str | Path,
     config: SplitConfig,
-    out: Path,
-    cache_dir: Path | None = None,
+    out: str | Path,
+    cache_dir: str | Path | None = None,
     model: str | None = None,
     max_seq_length: int | None = None,
 ) -> dict[str, Any]:
     """Split by query (or passage, or group), save the DatasetDict, and report leakage across the splits.
 
-    With `model`, near-identical texts are found with its (cached) embeddings; without, identical ones only.
+    Args:
+        mined: A folder written by `mine`.
+        config: Split sizes, what to split by, seed (`split:` of a run config).
+        out: The folder to write: a `datasets` DatasetDict plus the corpus, what `fine_tune` and `evaluate_models`
+            read.
+        cache_dir: Embedding cache for `model`.
+        model: With a model, near-identical texts across splits are found with its embeddings; without, identical
+            ones only.
+        max_seq_length: Truncation for `model`.
+
+    Returns:
+        The folder's description (`ragtune_data.json`): split sizes, split method, leakage summary, mining stats.
+
+    Example:
+        >>> from ragtune.config import SplitConfig
+        >>> info = ragtune.split("work/mined", SplitConfig(), "work/data")
+        >>> sorted(info["splits"])
+        ['test', 'train', 'validation']
     """
+    mined, out = Path(mined), Path(out)
     data, rows, meta = read_mined(mined)
     mining_stats = meta["stats"]
     recorded = meta.get("split")
@@ -217,20 +276,37 @@ def split_stage(
 
 def evaluate_stage(
     models: dict[str, str],
-    data_path: Path,
-    split: str | None,
-    config: EvalConfig,
-    cache_dir: Path | None,
+    data_path: str | Path,
+    split: str | None = None,
+    config: EvalConfig | None = None,
+    cache_dir: str | Path | None = None,
     bm25: bool | None = None,
     query_column: str = "query",
     passage_column: str = "passage",
     data: data_mod.PairData | None = None,
-) -> dict[str, Any]:
-    """Retrieval metrics on one split over the full corpus, plus the mined triplets' scores where rows have them.
+) -> EvalResult:
+    """Retrieval metrics on one split, each query searched over the full corpus, plus the mined triplets' scores
+    where rows have them.
 
-    Returns a JSON-able dict: metrics, per-query values, top-10 ids, and (ragtune data only) `pair_scores` and
-    `triplet_accuracy` per model. `data` is `data_path` already loaded, for callers evaluating several splits.
+    Args:
+        models: {name: model folder, Hub id or "default"}.
+        data_path: A ragtune data folder, a BEIR folder, a pairs file (JSONL/CSV/Parquet) or a saved dataset.
+        split: The split to evaluate (e.g. "test"); None: the whole dataset.
+        config: Batch size and truncation (`evaluate:` of a run config); default settings when None.
+        cache_dir: Embedding cache.
+        bm25: Add BM25 (bm25s) as the system `bm25`; None: as `config` says (yes by default).
+        query_column, passage_column: The columns of a pairs file.
+        data: `data_path` already loaded, for callers evaluating several splits.
+
+    Returns:
+        Metrics, per-query values and top-10 ids per system; triplet accuracy for ragtune data folders.
+
+    Example:
+        >>> result = ragtune.evaluate_models({"base": "default"}, "work/data", "test")
+        >>> sorted(result.metrics), result.queries, result.corpus
+        (['base', 'bm25'], 4, 40)
     """
+    config = config or EvalConfig()
     for model in models.values():
         resolve_model(model)  # a wrong model path fails before any data is read or encoded
     if data is None:
@@ -244,58 +320,83 @@ def evaluate_stage(
     result = evaluate_systems(
         models, queries, config.bm25 if bm25 is None else bm25, cache_dir, config.max_seq_length, config.batch_size
     )
-    out = {
-        "metrics": result.metrics,
-        "per_query": result.per_query,
-        "top10": result.top,
-        "queries": result.queries,
-        "corpus": result.corpus,
-        "pair_scores": {},
-        "triplet_accuracy": {},
-    }
     for name, model in models.items():
         scores = _pair_scores(model, data_path, split, cache_dir, config)
-        out["triplet_accuracy"][name] = triplet_accuracy(scores) if scores else None
+        result.triplet_accuracy[name] = triplet_accuracy(scores) if scores else None
         if scores:
-            out["pair_scores"][name] = scores
-    return out
+            result.pair_scores[name] = scores
+    return result
+
+
+@dataclass
+class ComparisonResult:
+    """Several systems on the same queries, each difference to the reference with a 95% interval and a p-value.
+
+    Attributes:
+        systems: The systems compared, the reference (first model) first, `bm25` last when included.
+        metrics: System -> metric -> mean over the queries.
+        ci95: System -> metric -> (low, high) bootstrap interval of the mean.
+        comparisons: One per (baseline, system, metric): the paired difference, its interval, p-value and the
+            Holm-adjusted verdict over all comparisons made.
+        queries: How many queries; `corpus` over how many passages each was searched.
+    """
+
+    systems: list[str]
+    metrics: dict[str, dict[str, float]]
+    ci95: dict[str, dict[str, tuple[float, float]]]
+    comparisons: list[Comparison]
+    queries: int
+    corpus: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "comparisons": [c.to_dict() for c in self.comparisons]}
 
 
 def compare_stage(
     models: list[str] | dict[str, str],
-    data_path: Path,
-    split: str | None,
-    config: EvalConfig,
-    cache_dir: Path | None,
+    data_path: str | Path,
+    split: str | None = None,
+    config: EvalConfig | None = None,
+    cache_dir: str | Path | None = None,
     bm25: bool = True,
     query_column: str = "query",
     passage_column: str = "passage",
     extra_pairs: list[tuple[str, str]] = (),
     data: data_mod.PairData | None = None,
-) -> dict[str, Any]:
-    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals.
+) -> ComparisonResult:
+    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals and
+    paired tests (Holm-adjusted over every comparison made).
 
-    `models`: model paths (each named by its path) or {name: path}; `extra_pairs`: more (baseline, system)
-    comparisons, e.g. ("bm25", "tuned")."""
-    from ragtune.metrics import METRICS
-    from ragtune.significance import holm, mean_ci
+    Args:
+        models: Model paths (each named by its path) or {name: path}; the first is the reference.
+        data_path, split, config, cache_dir, bm25, query_column, passage_column, data: as for `evaluate_models`.
+        extra_pairs: More (baseline, system) comparisons, e.g. [("bm25", "tuned")].
+
+    Returns:
+        Metrics with intervals per system, and the comparisons.
+
+    Example:
+        >>> result = ragtune.compare_models({"base": "default"}, "pairs.jsonl")
+        >>> [(c.baseline, c.system, c.metric) for c in result.comparisons][0]
+        ('base', 'bm25', 'ndcg@10')
+    """
+    config = config or EvalConfig()
 
     named = models if isinstance(models, dict) else {m: m for m in dict.fromkeys(models)}
     result = evaluate_stage(named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data)
     systems = list(named) + (["bm25"] if bm25 else [])
-    per_query = result["per_query"]
+    per_query = result.per_query
     comparisons = compare_all(per_query, systems[0], systems[1:])
     comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
     holm(comparisons)
-    return {
-        "systems": systems,
-        "metrics": {s: result["metrics"][s] for s in systems},
-        "ci95": {s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems},
-        "comparisons": [c.to_dict() for c in comparisons],
-        "queries": result["queries"],
-        "corpus": result["corpus"],
-        "_comparisons": comparisons,
-    }
+    return ComparisonResult(
+        systems=systems,
+        metrics={s: result.metrics[s] for s in systems},
+        ci95={s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems},
+        comparisons=comparisons,
+        queries=result.queries,
+        corpus=result.corpus,
+    )
 
 
 def _pair_scores(model: str, data_path: Path, split: str | None, cache_dir, config: EvalConfig) -> dict | None:
@@ -328,6 +429,31 @@ def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
 
 
 def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
+    """The whole pipeline: prepare, (adapt,) mine, split, evaluate base + BM25, train, evaluate tuned, eval sets,
+    report. Each stage is skipped when its folder is up to date with its inputs and settings.
+
+    Args:
+        config: The run's settings (`load_config("run.yaml")`, or `RunConfig.model_validate({...})`); the caller's
+            object is not changed.
+        allow_regression: Return normally even when the tuned model is not better than the base model on the
+            guard's set (validation by default).
+
+    Returns:
+        Where the model and reports are, and the test metrics, verdict and eval-set results.
+
+    Raises:
+        RegressionError: The tuned model regressed and regressions are not allowed; `err.result` holds the
+            finished run's `RunResult`.
+        RagtuneError: Bad data, settings or paths, in one sentence.
+
+    Example:
+        >>> config = ragtune.RunConfig.model_validate(
+        ...     {"data": {"path": "pairs.jsonl"}, "output_dir": "runs/example", "allow_regression": True}
+        ... )
+        >>> result = ragtune.run(config)
+        >>> sorted(result.metrics), result.model_dir.name, result.report_html.name
+        (['base', 'bm25', 'tuned'], 'model', 'report.html')
+    """
     config = config.model_copy(deep=True)  # paths are filled in below; the caller's config stays as given
     out = Path(config.output_dir)
     inputs = [
@@ -431,7 +557,8 @@ def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConf
     results = {}
     for split in ("validation", "test"):
         if data.splits.get(split):
-            results[split] = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
+            evaluation = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
+            results[split] = evaluation.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "result.json", results, indent=None)
 
@@ -455,7 +582,7 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
         extra_pairs=[("bm25", "tuned")],
         data=data,
     )
-    result.pop("_comparisons")
+    result = result.to_dict()
     result.update(
         name=eval_set.name,
         path=eval_set.path,

@@ -44,8 +44,30 @@ def search_anything(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
 ) -> list[list[Hit]]:
-    """Top-k hits per query from a persisted index (with the model that built it, `filters` allowed), or from a
-    model plus a corpus (encoded through the run's embedding cache when the corpus is a ragtune data folder)."""
+    """Top-k hits per query from a saved index (with the model that built it, `filters` allowed), or from a model
+    plus a corpus (encoded through the run's embedding cache when the corpus is a ragtune data folder).
+
+    Args:
+        model_or_index: An index folder (`build_index`), or a model folder / Hub id / "default" with `corpus`.
+        queries: The questions.
+        k: Hits per query.
+        corpus: The passages to search with a model (any format `load_documents` reads).
+        filters: {field: value} metadata every hit must match (index folders only).
+        text_column, id_column: The corpus' columns.
+        max_seq_length: Truncation for a model (an index uses the one it was built with).
+        cache_dir: Embedding cache for a model's corpus vectors.
+        show_progress: Tell encoding progress to `ragtune.progress` listeners.
+
+    Returns:
+        Per query, its hits best first: id, cosine score, text and metadata.
+
+    Example:
+        >>> hits = ragtune.retrieve("my-index", ["chest pain when climbing stairs"], k=1)
+        >>> hits[0][0].id
+        'heart'
+        >>> [h.id for h in ragtune.retrieve("default", ["itchy red rash"], k=1, corpus="corpus.jsonl")[0]]
+        ['skin']
+    """
     if not queries:
         raise RagtuneError("give a query, or --queries-file")
     if (Path(model_or_index) / INDEX_META).exists():

@@ -367,7 +367,24 @@ def train(
 ) -> TrainResult:
     """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`.
 
-    `callbacks`: extra `transformers.TrainerCallback`s (progress hooks, timing)."""
+    Args:
+        base_model: A model folder, a Hub id, or "default" (all-MiniLM-L6-v2, packaged).
+        data_dir: A folder written by `split`; its validation split picks the best checkpoint (graded NDCG@10 over
+            the full corpus).
+        output_dir: Gets `model/` (a sentence-transformers folder) and `checkpoints/`.
+        config: Epochs, batch size, loss, learning rate... (`train:` of a run config).
+        resume: Continue from the last checkpoint in `output_dir/checkpoints` when there is one.
+        callbacks: Extra `transformers.TrainerCallback`s (progress hooks, timing).
+
+    Returns:
+        The model folder, the trainer's log, the best validation score and checkpoint, steps taken.
+
+    Example:
+        >>> from ragtune.config import TrainConfig
+        >>> result = ragtune.fine_tune("default", "work/data", "work/tuned", TrainConfig(epochs=1))
+        >>> result.model_dir.name, result.steps > 0
+        ('model', True)
+    """
     import datasets
     from sentence_transformers import SentenceTransformerTrainer
 
