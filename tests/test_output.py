@@ -41,6 +41,7 @@ def _ragtune(*args):
     )
 
 
+@pytest.mark.slow  # three runs: 35 s
 def test_a_run_prints_one_line_per_stage_and_fits_two_screens(tiny_model, tmp_path):
     config = _config(tmp_path, tiny_model, "run")
     first = _ragtune("run", config)

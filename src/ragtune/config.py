@@ -34,13 +34,13 @@ class Settings(BaseModel):
 
 class DataConfig(Settings):
     path: str | None = Field(None, description="File or folder with (query, passage) pairs; see `ragtune prepare`.")
-    format: DataFormat = "auto"
-    query_column: str = "query"
-    passage_column: str = "passage"
+    format: DataFormat = Field("auto", description="How to read data.path; auto: by extension or folder layout.")
+    query_column: str = Field("query", description="Column holding the query (JSONL/CSV/Parquet/saved dataset).")
+    passage_column: str = Field("passage", description="Column holding the passage.")
     skip_bad_rows: bool = Field(False, description="Skip (and count) rows with an empty or missing text.")
     group_column: str | None = Field(None, description="Rows sharing this column's value stay in one split.")
     max_pairs: int | None = Field(None, ge=1, description="Keep a seeded sample of this many pairs (whole queries).")
-    sample_seed: int = 42
+    sample_seed: int = Field(42, description="Seed of the max_pairs sample.")
     corpus: str | None = Field(
         None,
         description="The passages your users search (BEIR folder, or JSONL/CSV/Parquet with text_column): they join "
@@ -59,12 +59,16 @@ class DataConfig(Settings):
 
 class SynthConfig(Settings):
     corpus: str = Field(description="Documents without queries: BEIR folder, JSONL/CSV/Parquet, saved dataset.")
-    methods: list[SynthMethod] = Field(["title", "ict", "crop"], min_length=1)
+    methods: list[SynthMethod] = Field(
+        ["title", "ict", "crop"],
+        min_length=1,
+        description="Offline methods making (query, passage) pairs from each document.",
+    )
     chunk_tokens: int | None = Field(None, ge=16, description="Chunk documents into passages of this many tokens.")
-    chunk_overlap: int = Field(32, ge=0)
-    text_column: str = "text"
-    id_column: str = "id"
-    seed: int = 42
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
+    text_column: str = Field("text", description="Column holding the document text.")
+    id_column: str = Field("id", description="Column holding the document id.")
+    seed: int = Field(42, description="The same corpus and seed give the same pairs.")
 
 
 class AdaptConfig(Settings):
@@ -73,7 +77,7 @@ class AdaptConfig(Settings):
         description="Train-only pairs made from data.corpus: pseudo (user queries paired where BM25 and the base "
         "model agree), ict/crop/title (synthetic, ragtune.synth). Used only when data.corpus is set.",
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the synthetic methods.")
 
 
 class EvalSetConfig(Settings):
@@ -85,11 +89,15 @@ class EvalSetConfig(Settings):
 
 
 class MiningConfig(Settings):
-    strategy: Strategy = "least-similar"
-    num_negatives: int = Field(1, ge=1)
+    strategy: Strategy = Field(
+        "least-similar",
+        description="least-similar (classic: one unique negative per row), hard (ranked by the base model), random, "
+        "or none.",
+    )
+    num_negatives: int = Field(1, ge=1, description="Negatives per training row.")
     range_min: int = Field(0, ge=0, description="hard: skip this many top-ranked candidates.")
     range_max: int = Field(30, ge=1, description="hard: consider candidates up to this rank.")
-    sampling: Sampling = "top"
+    sampling: Sampling = Field("top", description="hard: take the top of the rank window, or sample from it.")
     margin: float | None = Field(
         None, ge=0, description="hard: drop candidates scoring above positive_score * (1 - margin)."
     )
@@ -114,8 +122,8 @@ class MiningConfig(Settings):
     cross_encoder: str | None = Field(
         None, description="hard: rescore candidates with this cross-encoder folder; guards then use its scores."
     )
-    seed: int = 42
-    batch_size: int = Field(32, ge=1)
+    seed: int = Field(42, description="Seed of random choices (random strategy, sampling: random).")
+    batch_size: int = Field(32, ge=1, description="Encoding batch size.")
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:
@@ -125,10 +133,12 @@ class MiningConfig(Settings):
 
 
 class SplitConfig(Settings):
-    train: float = Field(0.8, gt=0)
-    validation: float = Field(0.1, ge=0)
-    test: float = Field(0.1, gt=0)
-    seed: int = 42
+    train: float = Field(0.8, gt=0, description="Share of queries in train (train + validation + test = 1).")
+    validation: float = Field(
+        0.1, ge=0, description="Share in validation (checkpoint selection and the regression guard)."
+    )
+    test: float = Field(0.1, gt=0, description="Share in test (the reported numbers).")
+    seed: int = Field(42, description="Seed of the split.")
     use_predefined: bool = Field(
         True, description="Keep the dataset's own train/test split (BEIR qrels files, DatasetDict splits)."
     )
@@ -154,18 +164,20 @@ class SplitConfig(Settings):
 
 
 class EvalConfig(Settings):
-    batch_size: int = Field(32, ge=1)
-    bm25: bool = True
+    batch_size: int = Field(32, ge=1, description="Encoding batch size.")
+    bm25: bool = Field(True, description="Evaluate BM25 (bm25s, stemmed) as a baseline.")
     max_seq_length: int | None = Field(None, ge=8, description="Truncate texts at encoding (default: the model's).")
 
 
 class TrainConfig(Settings):
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(16, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_seq_length: int | None = Field(None, ge=8)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows (fractions allowed).")
+    batch_size: int = Field(
+        16, ge=2, description="Rows per batch: each row's passage is a negative for every other query in the batch."
+    )
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps the learning rate warms up over.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    max_seq_length: int | None = Field(None, ge=8, description="Truncate training texts (default: the model's).")
     evals_per_epoch: int = Field(2, ge=1, description="Validation retrieval runs per epoch; the best is kept.")
     use_negatives: bool = Field(True, description="Feed mined negatives to the loss (else in-batch only).")
     loss: Loss = Field(
@@ -179,10 +191,12 @@ class TrainConfig(Settings):
         None, description="GISTEmbed: a guide model that masks in-batch negatives it scores above the positive."
     )
     adapter: Adapter = Field("none", description="lora: train a PEFT LoRA adapter, not all weights.")
-    lora_rank: int = Field(16, ge=1)
-    lora_alpha: float = Field(32, gt=0)
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
-    lora_target_modules: list[str] = Field(["query", "key", "value", "dense"], min_length=1)
+    lora_rank: int = Field(16, ge=1, description="adapter: lora: rank of the adapter matrices.")
+    lora_alpha: float = Field(32, gt=0, description="adapter: lora: scaling.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="adapter: lora: dropout on the adapter.")
+    lora_target_modules: list[str] = Field(
+        ["query", "key", "value", "dense"], min_length=1, description="adapter: lora: the layers that get adapters."
+    )
     gather_across_devices: bool = Field(
         True, description="Several processes (torchrun): every rank's batch is a negative for every other's."
     )
@@ -200,7 +214,7 @@ class TrainConfig(Settings):
     )
     torch_compile: bool = Field(False, description="torch.compile the model (GPUs; slow to start).")
     report_to: list[str] = Field([], description="Experiment trackers, e.g. [tensorboard] or [mlflow]; off by default.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of initialisation, shuffling and dropout.")
 
     @model_validator(mode="after")
     def _dims(self) -> TrainConfig:
@@ -217,7 +231,9 @@ class RunConfig(Settings):
     (`RunConfig.model_validate({...})`); `ragtune run --set train.epochs=2` overrides one field."""
 
     base_model: str = Field("default", description="'default' (packaged all-MiniLM-L6-v2), a folder or Hub id.")
-    output_dir: str = "runs/ragtune"
+    output_dir: str = Field(
+        "runs/ragtune", description="The run folder: every stage's folder, the model and the reports."
+    )
     allow_regression: bool = Field(
         False, description="Exit 0 even when the tuned model is not better than the base model on validation."
     )

@@ -1,0 +1,238 @@
+"""The documentation: the README is a first screen, the site builds strictly and renders, and every command in a
+`bash` block of the README or the site runs.
+
+How the commands run (`test_every_documented_command_runs`): in a sandbox folder holding small inputs under the
+names the docs use (`pairs.jsonl`, `corpus.jsonl`, `docs.jsonl`, ...; `examples/` copied; `../shared` the real data),
+block by block in the order a reader meets them (README, then the site's pages in navigation order), so later blocks
+use what earlier ones made (`runs/pubmedqa`, `runs/mine`); each site page starts from a copy of what the README's
+blocks left, less the search index `runs/mine/index` (the quickstart builds it again, as a reader new to it would).
+A `yaml` block that defines `output_dir: runs/mine` is written as `my-run.yaml` for the `ragtune run my-run.yaml`
+after it. Three adaptations, and only these:
+- set-up and test lines (`python3 -m venv`, `pip install`, `apt-get`, `ruff check`, `pytest`) are not run: they are
+  what `.ci/run` itself executes;
+- `ragtune run` gets `--set data.max_pairs=60 --set train.epochs=1 --allow-regression` (tiny data, where the tuned
+  and base model often tie; the model stays the real one);
+- `ragtune serve` is started in the background on a free port (the block's `127.0.0.1:8000` is pointed at it), the
+  next lines of its block run against it, and it is stopped.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, SHARED, write_jsonl
+from helpers import toy_rows
+
+SETUP = ("python3 -m venv", "pip install", "apt-get", ". .venv/bin/activate", "ruff check", "pytest")
+TINY_RUN = ["--set", "data.max_pairs=60", "--set", "train.epochs=1", "--allow-regression"]
+
+
+def _pages() -> list[Path]:
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [ROOT / "README.md"] + [ROOT / "docs" / next(iter(item.values())) for item in nav]
+
+
+def _blocks(path: Path) -> list[tuple[str, str]]:
+    return re.findall(r"```(\w+)\n(.*?)```", path.read_text(), re.S)
+
+
+def test_readme_is_a_first_screen_with_the_two_set_up_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    commands = [code.strip() for lang, code in _blocks(ROOT / "README.md") if lang == "bash"]
+    assert ci in commands  # .ci/run runs exactly the README's test command
+    assert any(c.startswith("python3 -m venv") and c.endswith("ragtune run examples/pubmedqa.yaml") for c in commands)
+    for target in re.findall(r"\]\(((?:docs/)?[\w./-]+\.(?:md|png))(?:#[\w-]+)?\)", readme):
+        assert (ROOT / target).exists(), target
+
+
+def test_the_site_builds_strictly_with_generated_references(tmp_path):
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert built.returncode == 0, built.stderr
+    from ragtune.config import RunConfig, TrainConfig
+
+    config_page = (site / "configuration" / "index.html").read_text()
+    for name, field in TrainConfig.model_fields.items():
+        assert f"train.{name}" in config_page and field.description, name  # every setting, described
+    assert RunConfig.model_fields["eval_sets"].description in config_page.replace("&#39;", "'")
+    cli_page = (site / "cli" / "index.html").read_text()
+    assert "--max-request-tokens" in cli_page and "--quiet" in cli_page
+    assert "<code>least-similar</code> | <code>hard</code>" in cli_page  # an option's choices, in one cell
+    api_page = (site / "python-api" / "index.html").read_text()
+    assert "ragtune.fine_tune" in api_page and "Holm-adjusted" in api_page
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    faq = copy / "docs" / "faq.md"
+    faq.write_text(faq.read_text() + "\nSee [nothing](no-such-page.md).\n")
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode != 0 and "no-such-page.md" in built.stderr
+
+
+def test_the_home_page_renders_in_chromium(tmp_path):
+    from test_report_browser import chrome
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "-d", str(site)], cwd=ROOT, check=True, capture_output=True
+    )
+    with chrome(tmp_path) as browser:
+        browser.set_window_size(1280, 900)
+        browser.get((site / "index.html").as_uri())
+        title = browser.title
+        heading = browser.find_element("css selector", "article h1").text
+        image = browser.find_element("css selector", "article img")
+        loaded = browser.execute_script("return arguments[0].naturalWidth", image)
+        browser.save_screenshot(str(tmp_path / "home.png"))
+    assert "ragtune" in title and heading == "ragtune" and loaded > 0
+    assert (tmp_path / "home.png").stat().st_size > 10_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sandbox(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED.parent)
+    shutil.copytree(ROOT / "examples", work / "examples")
+    write_jsonl(work / "pairs.jsonl", toy_rows(60))
+    corpus = [{"id": f"d{i}", "text": r["passage"], "year": 2000 + i % 5} for i, r in enumerate(toy_rows(30))]
+    write_jsonl(work / "corpus.jsonl", corpus)
+    write_jsonl(work / "my-corpus.jsonl", corpus)
+    write_jsonl(work / "more_docs.jsonl", [{"id": "new1", "text": "Growth hormone rises with exercise in the young."}])
+    write_jsonl(
+        work / "docs.jsonl",
+        [{"id": f"doc{i}", "text": " ".join([r["passage"]] * 30)} for i, r in enumerate(toy_rows(4))],
+    )
+    users = work / "users-beir-folder"
+    (users / "qrels").mkdir(parents=True)
+    write_jsonl(users / "corpus.jsonl", [{"_id": c["id"], "title": "", "text": c["text"]} for c in corpus])
+    write_jsonl(
+        users / "queries.jsonl",
+        [{"_id": f"q{i}", "text": f"what is the {r['passage'][4:9]} for"} for i, r in enumerate(toy_rows(30))],
+    )
+    (users / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(30))
+    )
+    return work
+
+
+def _commands(block: str) -> list[str]:
+    """A block's commands: `a && b` chains split, set-up steps dropped, comments kept out."""
+    out = []
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        for part in (p.strip() for p in line.split(" && ")):
+            if part and not part.startswith(SETUP):
+                out.append(part)
+    return out
+
+
+def _run(command: str, work: Path) -> subprocess.CompletedProcess:
+    argv = shlex.split(command)
+    if argv[:2] == ["ragtune", "run"]:
+        argv += TINY_RUN
+    if argv[0] == "ragtune":
+        argv = [sys.executable, "-m", "ragtune", *argv[1:]]
+    elif argv[0] == "python":
+        argv[0] = sys.executable
+    return subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_every_documented_command_runs(tmp_path):
+    readme = _sandbox(tmp_path)
+    ran = _run_page(ROOT / "README.md", readme)
+    assert any(c.startswith("ragtune run examples/pubmedqa.yaml") for c in ran)
+    assert json.loads((readme / "runs" / "mine" / "results.json").read_text())["eval_sets"]["users"]["queries"] == 30
+    for page in _pages()[1:]:
+        if not any(lang == "bash" for lang, _ in _blocks(page)):
+            continue
+        work = tmp_path / page.stem  # each page starts from what the README left (runs/pubmedqa, runs/mine)
+        shutil.copytree(readme, work, symlinks=True)
+        shutil.rmtree(work / "runs" / "mine" / "index")
+        ran += _run_page(page, work)
+        if page.name == "serving.md":
+            assert (work / "runs" / "pubmedqa" / "model" / "onnx").is_dir()
+    assert len(ran) >= 25
+
+
+def _run_page(page: Path, work: Path) -> list[str]:
+    ran = []
+    for lang, block in _blocks(page):
+        if lang == "yaml" and "output_dir: runs/mine" in block:
+            (work / "my-run.yaml").write_text(block)
+        if lang != "bash":
+            continue
+        server, port = None, None
+        try:
+            for command in _commands(block):
+                if command.startswith("ragtune serve"):
+                    if server is not None:  # a second server in the block replaces the first
+                        _stop(server)
+                    server, port = _serve(command, work)
+                    continue
+                if port:
+                    command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                done = _run(command, work)
+                assert done.returncode == 0, f"{page.name}: {command}\n{done.stdout}\n{done.stderr}"
+                ran.append(command)
+        finally:
+            if server is not None:
+                _stop(server)
+    return ran
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=30)
+
+
+def _serve(command: str, work: Path) -> tuple[subprocess.Popen, int]:
+    """Start `ragtune serve` on a free loopback port (the block's client lines, written for the default port 8000,
+    are pointed at it)."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "ragtune", *shlex.split(command)[1:], "--port", str(port)]
+    server = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"{command}: the server did not come up\n{server.stdout.read()}")
+    return server, port
