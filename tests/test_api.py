@@ -23,6 +23,8 @@ EXAMPLES = [
     "compare_models",
     "build_index",
     "retrieve",
+    "Searcher",
+    "index_to_store",
     "run",
 ]
 CORPUS = [
@@ -48,7 +50,7 @@ def test_every_public_function_documents_its_arguments_and_returns():
     for name in EXAMPLES:
         doc = getattr(ragtune, name).__doc__
         assert ">>> " in doc, name
-        if name != "load_config":
+        if name != "load_config" and not isinstance(getattr(ragtune, name), type):
             assert "Args:" in doc and "Returns:" in doc, name
 
 

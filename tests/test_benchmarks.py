@@ -70,3 +70,18 @@ def test_pseudo_label_benchmark_scores_against_the_labels(tmp_path, tiny_model):
     result = json.loads(out.read_text())
     assert result["questions"] == 4 and result["agreed"] == 4  # each question is its own passage, word for word
     assert result["agreed_right"] == 0.75 and result["dense_first_right"] == 0.75
+
+
+def test_store_benchmark_measures_every_engine_against_the_exact_top_ten(tmp_path):
+    out = tmp_path / "stores.json"
+    command = [sys.executable, str(BENCHMARKS / "stores.py"), "--passages", "2000", "--dim", "16", "--queries", "20"]
+    subprocess.run([*command, "--output-json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert [e["engine"] for e in result["engines"]] == ["faiss", "lancedb", "chroma", "milvus-lite"]
+    for engine in result["engines"]:
+        assert engine["build_seconds"] > 0
+        for side in ("unfiltered", "filtered"):
+            assert 0 < engine[side]["p50_ms"] <= engine[side]["p99_ms"]
+        # Exhaustive search must find the exact top 10, filtered or not (FAISS is the exact search itself).
+        if engine["engine"] != "chroma":
+            assert engine["unfiltered"]["recall@10_vs_exact"] == 1.0 == engine["filtered"]["recall@10_vs_exact"]

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def _markers(out):
     return {d: (out / d / ".stage.json").stat().st_mtime_ns for d in STAGE_DIRS}
 
 
-def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_path, tmp_path, capsys):
+def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_path, tmp_path, caplog):
     cfg = _config(tmp_path, tiny_model, pubmedqa_path)
     summary = run(cfg, allow_regression=True)
     out = tmp_path / "run"
@@ -47,7 +48,7 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
         "mined/rows.jsonl",
     ]:
         assert (out / name).exists(), name
-    assert set(summary.metrics) == {"bm25", "base", "tuned"}
+    assert set(summary.metrics) == {"bm25", "base", "tuned", "base+bm25", "tuned+bm25"}
     assert all(0 <= v <= 1 for m in summary.metrics.values() for v in m.values())
     base = json.loads((out / "eval/base/result.json").read_text())
     assert base["test"]["corpus"] == 60 and base["test"]["queries"] == 6  # test queries over every passage
@@ -59,7 +60,24 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
         ("tuned", "base"),
         ("base", "bm25"),
         ("tuned", "bm25"),
+        ("base+bm25", "base"),
+        ("base+bm25", "bm25"),
+        ("tuned+bm25", "tuned"),
+        ("tuned+bm25", "bm25"),
     }
+    # Each fusion was chosen on validation and applied unchanged to test; the recommendation follows validation.
+    tuned_eval = json.loads((out / "eval/tuned/result.json").read_text())
+    choice = tuned_eval["validation"]["fusion"]["tuned"]
+    assert choice["chosen_on"] == "validation" and tuned_eval["test"]["fusion"]["tuned"] == choice
+    assert tuned_eval["validation"]["metrics"]["tuned+bm25"]["ndcg@10"] == pytest.approx(
+        choice["validation"][choice["label"]]
+    )
+    model = summary.recommended_model
+    shipped = results["fusion"][model]
+    assert summary.recommended_system == (f"{model}+bm25" if shipped["wins"] else model)
+    assert shipped["wins"] == (
+        shipped["validation"][shipped["label"]] > max(shipped["validation"]["dense"], shipped["validation"]["bm25"])
+    )
     for c in results["comparisons"]:
         m = results["metrics"]
         assert c["delta"] == pytest.approx(m[c["system"]][c["metric"]] - m[c["baseline"]][c["metric"]])
@@ -70,10 +88,11 @@ def test_run_writes_everything_then_skips_finished_stages(tiny_model, pubmedqa_p
     assert "## ragtune evaluation" in (out / "model/README.md").read_text()
 
     before = _markers(out)
-    capsys.readouterr()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="ragtune")  # the run logs each skipped stage; it prints nothing
     run(cfg, allow_regression=True)
     assert _markers(out) == before
-    assert capsys.readouterr().out.count("up to date, skipped") == len(STAGE_DIRS)
+    assert caplog.text.count("up to date, skipped") == len(STAGE_DIRS)
 
     run(_config(tmp_path, tiny_model, pubmedqa_path, learning_rate=1e-4), allow_regression=True)
     after = _markers(out)

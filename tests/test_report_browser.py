@@ -67,7 +67,11 @@ def test_report_table_and_every_plot_render(report, browser, tmp_path):
 
     browser.get(report.as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "#metrics tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]] == ["bm25", "base", "tuned"]
+    systems = [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]]
+    assert systems == ["bm25", "base", "tuned", "base+bm25", "tuned+bm25"]
+    fusion = browser.find_element(By.ID, "fusion").text
+    assert "tuned" in fusion and ("RRF" in fusion or "BM25 weight" in fusion)
+    assert browser.find_element(By.ID, "recommendation").text.startswith("Serve ")
     comparisons = browser.find_element(By.ID, "comparisons").text
     assert "significant" in comparisons
     images = browser.find_elements(By.TAG_NAME, "img")

@@ -103,6 +103,20 @@ def test_search_matches_the_cli_and_filters(server, index_dir):
     assert httpx.get(f"{server.url}/health").json()["documents"] == len(DOCS)
 
 
+def test_search_modes_answer_as_the_index_does(server, index_dir):
+    query = "kidney task number 6"
+    for mode in ("bm25", "hybrid"):
+        r = httpx.post(f"{server.url}/search", json={"query": query, "k": 5, "mode": mode})
+        assert r.status_code == 200 and r.json()["mode"] == mode, r.text
+        direct = search_index(index_dir, [query], 5, mode=mode, show_progress=False)[0]
+        assert [h["id"] for h in r.json()["results"]] == [h.id for h in direct]
+        np.testing.assert_allclose([h["score"] for h in r.json()["results"]], [h.score for h in direct], atol=1e-5)
+    # BM25 finds the passage holding the number; dense (a random tiny model) need not.
+    assert httpx.post(f"{server.url}/search", json={"query": "16", "mode": "bm25"}).json()["results"][0]["id"] == "d16"
+    assert httpx.post(f"{server.url}/search", json={"query": "x", "mode": "sparse"}).status_code == 422
+    assert httpx.get(f"{server.url}/health").json()["fusion"] == {"method": "rrf", "weight": 0.0}
+
+
 def test_limits_refuse_clearly(server):
     url = f"{server.url}/v1/embeddings"
     too_many = httpx.post(url, json={"input": ["x"] * 9})

@@ -9,7 +9,10 @@ The whole pipeline is `ragtune.run(config)`; each stage is a function too:
 - `prepare`, `mine`, `split`: the first stages, folder to folder (what `run` chains).
 - `evaluate_models`, `compare_models`: retrieval metrics over the full corpus -> `EvalResult`, `ComparisonResult`.
 - `fine_tune`: fine-tune on a split folder -> `TrainResult`.
-- `build_index`, `retrieve`: a saved FAISS index of a corpus, and top-k hits from it or from a model and a corpus.
+- `build_index`, `retrieve`: a saved FAISS index of a corpus, and top-k hits from it or from a model and a corpus;
+  `Searcher`: an index or a store with its model loaded once, for searching many times.
+- `index_to_store`, `promote`, `rollback`, `add_to_store`: a corpus in a vector store (LanceDB, Chroma, Milvus
+  Lite), one collection per model, checked before it serves -> `StoreResult`.
 
 Nothing is printed: library code logs through `logging` (logger `ragtune`) and tells progress to
 `ragtune.progress` listeners, so you see output only if you configure logging.
@@ -44,6 +47,12 @@ _API = {
     "build_index": ("ragtune.index", "index_corpus"),
     "Index": ("ragtune.index", "Index"),
     "retrieve": ("ragtune.search", "search_anything"),
+    "Searcher": ("ragtune.search", "Searcher"),
+    "index_to_store": ("ragtune.rollout", "index_to_store"),
+    "promote": ("ragtune.rollout", "promote_collection"),
+    "rollback": ("ragtune.rollout", "rollback"),
+    "add_to_store": ("ragtune.rollout", "add_to_store"),
+    "StoreResult": ("ragtune.rollout", "StoreResult"),
     "Hit": ("ragtune.index", "Hit"),
     "Encoder": ("ragtune.embeddings", "Encoder"),
     "RagtuneError": ("ragtune.errors", "RagtuneError"),

@@ -77,6 +77,23 @@ ModelOpt = Annotated[
 QueryColOpt = Annotated[str | None, typer.Option(help="Column holding the query (JSONL/CSV/Parquet/saved dataset).")]
 PassageColOpt = Annotated[str | None, typer.Option(help="Column holding the passage.")]
 SeqOpt = Annotated[int | None, typer.Option(help="Truncate texts to this many tokens (default: the model's).")]
+HybridOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Add each model fused with BM25 (`<model>+bm25`), the fusion (RRF or a convex weight) chosen on this "
+        "split, e.g. dev; never the split you report."
+    ),
+]
+HybridWeightOpt = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Add each model fused with BM25 at this fixed BM25 weight (convex fusion)."),
+]
+RrfOpt = Annotated[bool, typer.Option("--rrf", help="Add each model fused with BM25 by reciprocal-rank fusion.")]
+WeightOpt = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Hybrid: BM25's weight in a convex fusion (default: the index's own)."),
+]
+FuseRrfOpt = Annotated[bool, typer.Option("--rrf", help="Hybrid: fuse by reciprocal-rank fusion instead.")]
 
 
 def _settings(cls: type[BaseModel], config: Path | None, section: str, **overrides: Any) -> Any:
@@ -283,6 +300,9 @@ def evaluate_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
     max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
+    hybrid_on: HybridOnOpt = None,
+    hybrid_weight: HybridWeightOpt = None,
+    rrf: RrfOpt = False,
 ) -> None:
     """Retrieval metrics (NDCG@10, MRR@10, Recall@1/10/100, MAP@100) over the full corpus, per system."""
     from ragtune.pipeline import evaluate_stage
@@ -295,14 +315,26 @@ def evaluate_cmd(
     models = {m: m for m in model}
     with _shown():
         result = evaluate_stage(
-            models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+            models,
+            data,
+            split,
+            settings,
+            cache_dir,
+            bm25,
+            query_column or "query",
+            passage_column or "passage",
+            fusion=_fusion(models, hybrid_on, hybrid_weight, rrf),
         )
-    systems = (["bm25"] if bm25 else []) + list(models)
+    systems = (["bm25"] if bm25 else []) + list(models) + [f"{m}+bm25" for m in result.fusion]
     triplet = result.triplet_accuracy
     extra = {"triplet accuracy": triplet} if any(v is not None for v in triplet.values()) else None
     table = metrics_table(result.metrics, systems, extra)
     typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
     typer.echo(table)
+    for name, choice in result.fusion.items():
+        typer.echo(
+            f"{name}+bm25: {choice.fusion.label}" + (f", chosen on {choice.chosen_on}" if choice.chosen_on else "")
+        )
     if output_json:
         write_json(output_json, {s: result.metrics[s] for s in systems})
     if markdown:
@@ -323,9 +355,12 @@ def compare_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Encoding batch size.")] = None,
     max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
+    hybrid_on: HybridOnOpt = None,
+    hybrid_weight: HybridWeightOpt = None,
+    rrf: RrfOpt = False,
 ) -> None:
-    """Evaluate several models (and BM25) on one dataset; each difference to the first model gets a 95% CI and a
-    significant / not significant verdict."""
+    """Evaluate several models (and BM25, and their fusion) on one dataset; each difference to the first model
+    gets a 95% CI and a significant / not significant verdict; each fused system is compared with its parts."""
     from ragtune.pipeline import compare_stage
     from ragtune.tables import comparison_table, metrics_table
 
@@ -334,12 +369,24 @@ def compare_cmd(
         check_file_output(output_json, [data])
     with _shown():
         result = compare_stage(
-            models, data, split, settings, cache_dir, bm25, query_column or "query", passage_column or "passage"
+            models,
+            data,
+            split,
+            settings,
+            cache_dir,
+            bm25,
+            query_column or "query",
+            passage_column or "passage",
+            fusion=_fusion(models, hybrid_on, hybrid_weight, rrf),
         )
     typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
     typer.echo(metrics_table(result.metrics, result.systems, cis=result.ci95))
     typer.echo("")
     typer.echo(comparison_table(result.comparisons))
+    for name, choice in result.fusion.items():
+        typer.echo(
+            f"{name}+bm25: {choice['label']}" + (f", chosen on {choice['chosen_on']}" if choice["chosen_on"] else "")
+        )
     if output_json:
         write_json(output_json, result.to_dict())
 
@@ -513,24 +560,83 @@ def synth_cmd(
 
 @app.command("index")
 def index_cmd(
-    model: Annotated[str, typer.Argument(help="Model folder (or Hub id) to encode with.")],
-    corpus: Annotated[Path, typer.Argument(help="JSONL/CSV/Parquet file, BEIR folder, saved dataset or data folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
+    model: Annotated[str | None, typer.Argument(help="Model folder (or Hub id) to encode with.")] = None,
+    corpus: Annotated[
+        Path | None, typer.Argument(help="JSONL/CSV/Parquet file, BEIR folder, saved dataset or data folder.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Index folder to write.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Write to a vector store instead: lancedb://FOLDER, chroma://FOLDER, milvus-lite://FILE.db."),
+    ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
     id_column: Annotated[str, typer.Option(help="Id column (default: a hash of the text).")] = "id",
-    add: Annotated[bool, typer.Option("--add", help="Append new documents to an existing index.")] = False,
+    add: Annotated[
+        bool, typer.Option("--add", help="Append new documents to an existing index (a store: its serving one).")
+    ] = False,
+    stage: Annotated[
+        bool, typer.Option("--stage", help="Store: write the new collection beside the serving one, not promoted.")
+    ] = False,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Store: serve the newest (or --collection) collection.")
+    ] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Store: serve again the collection that served before.")
+    ] = False,
+    collection: Annotated[str | None, typer.Option(help="Store: the collection --promote serves.")] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(help="Store: before promoting, compare new vs serving on this labelled set (ids = corpus ids)."),
+    ] = None,
+    check_split: Annotated[str | None, typer.Option(help="The split of --check to use (e.g. dev).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Store: promote even if --check shows a regression.")] = False,
     backend: Annotated[Backend, typer.Option(help="onnx and onnx-int8 after `ragtune export`.")] = "torch",
     max_seq_length: SeqOpt = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
     cache_dir: CacheOpt = None,
+    weight: WeightOpt = None,
+    rrf: FuseRrfOpt = False,
 ) -> None:
-    """Encode a corpus into a persisted FAISS index plus a document store (ids, texts, metadata)."""
+    """Encode a corpus into a persisted FAISS index plus a BM25 index and a document store (ids, texts, metadata),
+    or into a vector store (--store) as a new collection, checked (--check) and promoted without downtime.
+
+    Hybrid search fuses the two at the weight the run that trained MODEL chose on validation (its results.json),
+    else by RRF; --weight or --rrf set it."""
     from ragtune.embeddings import Encoder
+
+    encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend) if model else None
+    if store:
+        from ragtune.rollout import manage_store
+
+        if out is not None:
+            raise RagtuneError("give one of --out (an index folder) and --store (a vector store)")
+        with _shown():
+            result = manage_store(
+                store,
+                encoder,
+                corpus,
+                add=add,
+                stage=stage,
+                promote=promote,
+                rollback_=rollback,
+                collection=collection,
+                check_data=check,
+                check_split=check_split,
+                force=force,
+                text_column=text_column,
+                id_column=id_column,
+                fusion=_one_fusion(weight, rrf),
+            )
+        typer.echo(f"{store}: {result.message}")
+        return
     from ragtune.index import index_corpus
 
-    encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend)
+    if encoder is None or corpus is None or out is None:
+        raise RagtuneError("give MODEL, CORPUS and --out (or --store URI)")
+    if stage or promote or rollback or collection or check or force:
+        raise RagtuneError("--stage, --promote, --rollback, --collection, --check and --force are for --store")
     with _shown():
-        index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column)
+        index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column, _one_fusion(weight, rrf))
     if add:
         typer.echo(f"added {added} new documents ({seen - added} already indexed); {out} holds {len(index.documents)}")
         return
@@ -560,7 +666,9 @@ def export_cmd(
 
 @app.command("search")
 def search_cmd(
-    model: Annotated[str, typer.Argument(help="An index folder (from `ragtune index`), or a model folder/Hub id.")],
+    model: Annotated[
+        str, typer.Argument(help="An index folder or store URI (from `ragtune index`), or a model folder/Hub id.")
+    ],
     query: Annotated[list[str] | None, typer.Argument(help="One or more queries.")] = None,
     corpus: Annotated[
         Path | None,
@@ -569,15 +677,20 @@ def search_cmd(
     queries_file: Annotated[Path | None, typer.Option(help="A file with one query per line.")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 5,
     filter_: Annotated[
-        list[str] | None, typer.Option("--filter", help="Index search: keep metadata key=value (repeatable).")
+        list[str] | None,
+        typer.Option("--filter", help="Index or store search: keep metadata key=value (repeatable)."),
     ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of a corpus file.")] = "text",
     id_column: Annotated[str, typer.Option(help="Id column of a corpus file (default: hash of the text).")] = "id",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     max_seq_length: SeqOpt = None,
     cache_dir: CacheOpt = None,
+    mode: Annotated[Literal["dense", "bm25", "hybrid"], typer.Option(help="The model, BM25, or both fused.")] = "dense",
+    weight: WeightOpt = None,
+    rrf: FuseRrfOpt = False,
 ) -> None:
-    """Top-k passages for each query with cosine scores, from a persisted index or a model plus a corpus."""
+    """Top-k passages for each query, from a persisted index or a model plus a corpus: by the model (cosine
+    scores), BM25, or both fused (hybrid; at the index's weight unless --weight or --rrf)."""
     from ragtune.index import parse_filters
     from ragtune.search import hits_to_json, search_anything
 
@@ -597,7 +710,9 @@ def search_cmd(
             id_column,
             max_seq_length,
             cache_dir,
-            show_progress=not as_json,
+            not as_json,
+            mode,
+            _one_fusion(weight, rrf),
         )
     if as_json:
         typer.echo(json.dumps(hits_to_json(queries, hits), indent=2))
@@ -611,7 +726,10 @@ def search_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    index: Annotated[Path, typer.Argument(help="Index folder (from `ragtune index`).")],
+    index: Annotated[
+        str,
+        typer.Argument(help="Index folder, or store URI (serves its serving collection and follows promotions)."),
+    ],
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless others must reach it.")] = (
         "127.0.0.1"
     ),
@@ -676,12 +794,32 @@ def run_cmd(
     _print_run(result)
 
 
+def _fusion(models, hybrid_on: str | None, hybrid_weight: float | None, rrf: bool):
+    from ragtune.hybrid import Fusion
+
+    if sum(x is not None and x is not False for x in (hybrid_on, hybrid_weight, rrf)) > 1:
+        raise RagtuneError("give one of --hybrid-on, --hybrid-weight and --rrf")
+    if hybrid_weight is not None or rrf:
+        fixed = Fusion("rrf", 0.0) if rrf else Fusion("convex", hybrid_weight)
+        return dict.fromkeys(models, fixed)
+    return hybrid_on
+
+
+def _one_fusion(weight: float | None, rrf: bool):
+    from ragtune.hybrid import Fusion
+
+    if weight is not None and rrf:
+        raise RagtuneError("give one of --weight and --rrf")
+    return Fusion("rrf", 0.0) if rrf else Fusion("convex", weight) if weight is not None else None
+
+
 def _print_run(result) -> None:
     out = terminal.console
     out.rule("[bold]result")
     out.print(result.table, soft_wrap=True, markup=False)
     out.print()
     out.print(result.verdict, markup=False)
+    out.print(result.recommendation, markup=False)
     if result.eval_table:
         out.print("\nwhere users are (NDCG@10 on each eval set):", markup=False)
         out.print(result.eval_table, soft_wrap=True, markup=False)

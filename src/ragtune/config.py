@@ -86,6 +86,11 @@ class EvalSetConfig(Settings):
     split: str | None = Field(None, description="Split to evaluate (a BEIR qrels file name, e.g. test).")
     query_column: str = "query"
     passage_column: str = "passage"
+    fusion_split: str | None = Field(
+        None,
+        description="Choose each model's fusion with BM25 on this split of the set (e.g. dev); default: the fusion "
+        "the run chose on its own validation split.",
+    )
 
 
 class MiningConfig(Settings):
@@ -166,6 +171,11 @@ class SplitConfig(Settings):
 class EvalConfig(Settings):
     batch_size: int = Field(32, ge=1, description="Encoding batch size.")
     bm25: bool = Field(True, description="Evaluate BM25 (bm25s, stemmed) as a baseline.")
+    hybrid: bool = Field(
+        True,
+        description="Evaluate each model fused with BM25 (`base+bm25`, `tuned+bm25`): RRF or a convex weight, "
+        "whichever scores best on the validation split.",
+    )
     max_seq_length: int | None = Field(None, ge=8, description="Truncate texts at encoding (default: the model's).")
 
 

@@ -1,4 +1,5 @@
-"""Score systems on the same queries over the full corpus: dense models, BM25, and the classic triplet accuracy.
+"""Score systems on the same queries over the full corpus: dense models, BM25, their fusion (`model+bm25`), and
+the classic triplet accuracy.
 
 Every distinct passage of the dataset is a candidate for every query (not only the split's passages), because that
 is what a RAG system searches. Per-query values are kept so later stages can compute intervals and tests.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from ragtune.bm25 import Bm25
 from ragtune.data import PairData
 from ragtune.embeddings import Encoder
 from ragtune.faiss_search import flat_index, search_chunked
+from ragtune.hybrid import FusionChoice, Run, choose_fusion, fuse
 from ragtune.metrics import METRICS, aggregate, per_query
 
 DEPTH = 100  # the deepest cutoff any metric reads (recall@100, map@100)
@@ -24,13 +28,16 @@ class EvalResult:
     """Retrieval metrics of several systems on the same queries, each searched over the whole corpus.
 
     Attributes:
-        metrics: System (`bm25`, or a model's name) -> metric (`ndcg@10`, `mrr@10`, `recall@1/10/100`, `map@100`,
-            `precision@10`) -> mean over the queries.
+        metrics: System (`bm25`, a model's name, or `<model>+bm25` for its fusion with BM25) -> metric (`ndcg@10`,
+            `mrr@10`, `recall@1/10/100`, `map@100`, `precision@10`) -> mean over the queries.
         per_query: System -> metric -> query id -> value (what intervals and paired tests are computed from).
         top: System -> query id -> the ten passage ids it ranked first.
         queries: How many queries were searched; `corpus` over how many passages.
         pair_scores: Per model, cosine of each query to its positive and to its mined negatives (ragtune data only).
         triplet_accuracy: Per model, the share of (query, positive, negative) with the positive closer, or None.
+        fusion: Per fused model, how it was fused with BM25 (and, where chosen on validation, what decided it).
+        runs: System -> query id -> passage id -> score, the top 100 (kept in memory only: what a fusion is
+            chosen from).
     """
 
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -40,6 +47,8 @@ class EvalResult:
     corpus: int = 0
     pair_scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     triplet_accuracy: dict[str, float | None] = field(default_factory=dict)
+    fusion: dict[str, FusionChoice] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """The layout of `eval/<model>/result.json`."""
@@ -51,6 +60,7 @@ class EvalResult:
             "corpus": self.corpus,
             "pair_scores": self.pair_scores,
             "triplet_accuracy": self.triplet_accuracy,
+            "fusion": {name: f.to_dict() for name, f in self.fusion.items()},
         }
 
 
@@ -68,30 +78,13 @@ def dense_run(encoder: Encoder, data: PairData, k: int = DEPTH) -> dict[str, dic
 
 def bm25_run(data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:
     """BM25 (bm25s, Lucene variant, English stopwords and Snowball stemming) over the same corpus."""
-    import bm25s
-    import Stemmer
-
-    stemmer = Stemmer.Stemmer("english")
     corpus_ids = list(data.corpus)
-    qids = list(data.qrels)
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer, show_progress=False),
-        show_progress=False,
-    )
-    query_tokens = bm25s.tokenize(
-        [data.queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
-    )
-    k = min(k, len(corpus_ids))
-    docs, scores = retriever.retrieve(query_tokens, k=k, show_progress=False)
-    run = {}
-    for n, q in enumerate(qids):
-        # bm25s pads with score 0 when fewer documents share a term; those are not retrieved.
-        run[q] = {corpus_ids[int(d)]: float(s) for d, s in zip(docs[n], scores[n], strict=True) if s > 0}
-    return run
+    hits = Bm25.build(list(data.corpus.values())).search([data.queries[q] for q in data.qrels], k)
+    return {q: {corpus_ids[d]: s for d, s in found} for q, found in zip(data.qrels, hits, strict=True)}
 
 
-def score_run(result: EvalResult, system: str, run: dict[str, dict[str, float]], data: PairData) -> None:
+def score_run(result: EvalResult, system: str, run: Run, data: PairData) -> None:
+    result.runs[system] = run
     values = per_query(run, data.qrels, METRICS)
     result.per_query[system] = values
     result.metrics[system] = aggregate(values)
@@ -105,14 +98,28 @@ def evaluate_systems(
     cache_dir: str | Path | None = None,
     max_seq_length: int | None = None,
     batch_size: int = 32,
+    fusion: dict[str, FusionChoice] | Literal["choose"] | None = None,
 ) -> EvalResult:
-    """Retrieval metrics for each named model (and BM25) on `data`'s queries over `data.corpus`."""
+    """Retrieval metrics for each named model (and BM25) on `data`'s queries over `data.corpus`.
+
+    `fusion` adds each model's fusion with BM25 as the system `<model>+bm25`: as given per model, or "choose" to
+    pick each model's best fusion on these very queries (for validation splits only). BM25 is then searched even
+    when `bm25` is False; its run is kept in `runs` but not scored.
+    """
     result = EvalResult(queries=len(data.qrels), corpus=len(data.corpus))
+    sparse = bm25_run(data) if bm25 or fusion else None
     if bm25:
-        score_run(result, "bm25", bm25_run(data), data)
+        score_run(result, "bm25", sparse, data)
     for name, model in models.items():
         encoder = Encoder(model, cache_dir, max_seq_length, batch_size)
         score_run(result, name, dense_run(encoder, data), data)
+    if sparse is not None and not bm25:
+        result.runs["bm25"] = sparse
+    if fusion == "choose":
+        fusion = {name: choose_fusion(result.runs[name], sparse, data.qrels) for name in models}
+    for name, choice in (fusion or {}).items():
+        score_run(result, f"{name}+bm25", fuse(result.runs[name], sparse, choice.fusion), data)
+        result.fusion[name] = choice
     return result
 
 

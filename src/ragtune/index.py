@@ -1,4 +1,5 @@
-"""The saved index `ragtune index` writes: FAISS vectors, the documents in vector order, and what built them."""
+"""The saved index `ragtune index` writes: FAISS vectors, a BM25 index, the documents in vector order, and what
+built them; searched dense, BM25 or hybrid (the two fused as the run that trained the model chose on validation)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ragtune.bm25 import Bm25
 from ragtune.data import Document, load_documents
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index, search_chunked
+from ragtune.hybrid import Fusion, fuse_one
 from ragtune.outputs import check_no_overlap, claim_folder, recover_folder, replace_folder, write_json, write_jsonl
 
 
@@ -24,23 +27,28 @@ class Hit:
 
 
 INDEX_META = "index.json"
+MODES = ("dense", "bm25", "hybrid")
+CANDIDATES = 100  # each side's depth before fusion: what the fusion was chosen with in evaluation
 
 
 class Index:
     """A persisted corpus index: FAISS vectors + a document store (ids, texts, metadata) + what built them.
 
-    Folder layout: `index.faiss` (exact inner product over normalised vectors), `docs.jsonl` (one document per
-    line, in vector order), `index.json` (model, its fingerprint, max_seq_length, dimension, count). A query model
-    whose fingerprint or truncation differs from the one that built the index is refused: its vectors would live
-    in another space and every score would be meaningless.
+    Folder layout: `index.faiss` (exact inner product over normalised vectors), `bm25/` (bm25s), `docs.jsonl` (one
+    document per line, in vector order), `index.json` (model, its fingerprint, max_seq_length, dimension, count,
+    and the fusion hybrid search uses). A query model whose fingerprint or truncation differs from the one that
+    built the index is refused: its vectors would live in another space and every score would be meaningless.
     """
 
-    def __init__(self, folder: Path, meta: dict, vectors, documents: list[Document]):
-        self.folder, self.meta, self.vectors, self.documents = folder, meta, vectors, documents
+    def __init__(self, folder: Path, meta: dict, vectors, documents: list[Document], bm25: Bm25 | None = None):
+        self.folder, self.meta, self.vectors, self.documents, self.bm25 = folder, meta, vectors, documents, bm25
         self.position = {d.id: i for i, d in enumerate(documents)}
+        self._allowed_cache: dict[tuple, np.ndarray] = {}
 
     @classmethod
-    def build(cls, encoder: Encoder, documents: list[Document], folder: str | Path) -> Index:
+    def build(
+        cls, encoder: Encoder, documents: list[Document], folder: str | Path, fusion: Fusion | None = None
+    ) -> Index:
         folder = claim_folder(folder, "index")  # before the encoding: a user's own folder fails at once
         vectors = encoder.encode([d.text for d in documents], desc="encoding documents")
         meta = {
@@ -51,8 +59,9 @@ class Index:
             "dim": int(vectors.shape[1]),
             "count": len(documents),
             "similarity": "cosine",
+            "fusion": (fusion or run_fusion(encoder.model_name) or Fusion("rrf", 0.0)).to_dict(),
         }
-        index = cls(folder, meta, flat_index(vectors), documents)
+        index = cls(folder, meta, flat_index(vectors), documents, Bm25.build([d.text for d in documents]))
         index._write()
         return index
 
@@ -70,7 +79,8 @@ class Index:
         vectors = faiss.read_index(str(folder / "index.faiss"))
         if vectors.ntotal != len(documents):
             raise RagtuneError(f"{folder}: {vectors.ntotal} vectors but {len(documents)} documents; rebuild the index")
-        return cls(folder, meta, vectors, documents)
+        bm25 = Bm25.load(folder / "bm25") if (folder / "bm25").is_dir() else None
+        return cls(folder, meta, vectors, documents, bm25)
 
     def check_model(self, encoder: Encoder) -> None:
         same = (encoder.fingerprint, encoder.max_seq_length, encoder.backend) == (
@@ -109,6 +119,8 @@ class Index:
                 self.position[d.id] = len(self.documents)
                 self.documents.append(d)
             self.meta["count"] = len(self.documents)
+            # BM25's statistics (document frequencies, average length) change with every document: rebuilt whole.
+            self.bm25 = Bm25.build([d.text for d in self.documents])
             self._write()
         return len(new)
 
@@ -120,17 +132,64 @@ class Index:
         with replace_folder(self.folder, "index") as new:
             write_jsonl(new / "docs.jsonl", (asdict(d) for d in self.documents))
             faiss.write_index(self.vectors, str(new / "index.faiss"))
+            if self.bm25 is not None:
+                self.bm25.save(new / "bm25")
             write_json(new / INDEX_META, self.meta)
 
+    def query(
+        self,
+        queries: list[str],
+        query_vectors: np.ndarray | None,
+        k: int = 10,
+        filters: dict | None = None,
+        mode: str = "dense",
+        fusion: Fusion | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k per query by the dense vectors, BM25, or both fused (`fusion`, default: the index's own).
+
+        Hybrid scores are fused scores (comparable within one query's list only); dense scores are cosines, BM25
+        scores BM25's. `query_vectors` may be None for BM25.
+        """
+        if mode not in MODES:
+            raise RagtuneError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "dense":
+            return self.search(query_vectors, k, filters)
+        if self.bm25 is None:
+            raise RagtuneError(f"{self.folder} has no BM25 index (built by an older ragtune): rebuild it for {mode}")
+        allowed = self._allowed(filters) if filters else None
+        sparse = self.bm25.search(queries, CANDIDATES if mode == "hybrid" else k, allowed)
+        if mode == "bm25":
+            return [[self._hit(p, s) for p, s in found] for found in sparse]
+        fusion = fusion or Fusion(**self.meta.get("fusion", Fusion("rrf", 0.0).to_dict()))
+        dense = self.search(query_vectors, max(k, CANDIDATES), filters)
+        results = []
+        for hits, found in zip(dense, sparse, strict=True):
+            sparse_scores = {self.documents[p].id: s for p, s in found}
+            fused = fuse_one({h.id: h.score for h in hits}, sparse_scores, fusion, k)
+            results.append([self._hit(self.position[d], s) for d, s in fused.items()])
+        return results
+
+    def _allowed(self, filters: dict) -> np.ndarray:
+        # A server sees the same few filters again and again: the scan over every document's metadata (most of a
+        # filtered query's time at 100k passages) is done once per filter, until documents are added.
+        key = (len(self.documents), repr(sorted(filters.items())))
+        allowed = self._allowed_cache.get(key)
+        if allowed is None:
+            if len(self._allowed_cache) >= 256:
+                self._allowed_cache.clear()
+            allowed = np.flatnonzero([all(d.metadata.get(f) == v for f, v in filters.items()) for d in self.documents])
+            self._allowed_cache[key] = allowed
+        return allowed
+
     def search(self, query_vectors: np.ndarray, k: int = 10, filters: dict | None = None) -> list[list[Hit]]:
-        """Top-k per query; `filters` keeps documents whose metadata equals every given value."""
+        """Dense top-k per query; `filters` keeps documents whose metadata equals every given value."""
         if not filters:
             scores, found = search_chunked(self.vectors, query_vectors, k)
             return [
                 [self._hit(j, s) for s, j in zip(sc, fo, strict=True) if j >= 0]
                 for sc, fo in zip(scores, found, strict=True)
             ]
-        allowed = np.flatnonzero([all(d.metadata.get(f) == v for f, v in filters.items()) for d in self.documents])
+        allowed = self._allowed(filters)
         # Exact: score only the allowed documents (the flat index can hand their vectors back).
         candidates = self.vectors.reconstruct_batch(allowed) if len(allowed) else np.zeros((0, self.meta["dim"]))
         scores = candidates @ np.asarray(query_vectors, dtype=np.float32).T
@@ -145,16 +204,35 @@ class Index:
         return Hit(d.id, float(score), d.text, d.metadata)
 
 
+def run_fusion(model: str) -> Fusion | None:
+    """The fusion with BM25 that the run which trained `model` (a run's `model/` folder) chose on validation."""
+    results = Path(model).parent / "results.json"
+    if Path(model).name != "model" or not results.is_file():
+        return None
+    choice = json.loads(results.read_text()).get("fusion", {}).get("tuned")
+    return Fusion(choice["method"], choice["weight"]) if choice else None
+
+
 def search_index(
-    folder: str | Path, queries: list[str], k: int = 10, filters: dict | None = None, show_progress: bool = True
+    folder: str | Path,
+    queries: list[str],
+    k: int = 10,
+    filters: dict | None = None,
+    show_progress: bool = True,
+    mode: str = "dense",
+    fusion: Fusion | None = None,
 ) -> list[list[Hit]]:
-    """Search a persisted index with the model that built it (queries are not cached: they are one-off)."""
+    """Search a persisted index with the model that built it."""
     index = Index.load(folder)
-    encoder = index.query_encoder(show_progress)
-    vectors = encoder.model.encode(
+    vectors = None if mode == "bm25" else encode_queries(index.query_encoder(show_progress), queries)
+    return index.query(queries, vectors, k, filters, mode, fusion)
+
+
+def encode_queries(encoder: Encoder, queries: list[str]) -> np.ndarray:
+    """Query vectors, normalised, never through the embedding cache (queries are one-off)."""
+    return encoder.model.encode(
         queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
     ).astype(np.float32)
-    return index.search(vectors, k, filters)
 
 
 def index_corpus(
@@ -164,6 +242,7 @@ def index_corpus(
     add: bool = False,
     text_column: str = "text",
     id_column: str = "id",
+    fusion: Fusion | None = None,
 ) -> tuple[Index, int, int]:
     """Build an index of `corpus` in `out`, or with `add` append its new documents to the index there.
 
@@ -174,6 +253,8 @@ def index_corpus(
         out: The index folder (FAISS vectors, the documents, the model's fingerprint).
         add: Append the corpus' new ids to the index in `out` instead of building one.
         text_column, id_column: Where the text and the id are.
+        fusion: How hybrid search fuses BM25 and the model by default (default: what the run that trained the
+            model chose on validation, else RRF). With `add`, replaces the index's.
 
     Returns:
         The index, how many documents were added, and how many the corpus holds.
@@ -188,10 +269,12 @@ def index_corpus(
     documents = load_documents(corpus, text_column, id_column)
     if add:
         index = Index.load(out)
+        if fusion is not None:
+            index.meta["fusion"] = fusion.to_dict()
         return index, index.add(encoder, documents), len(documents)
     if (out / INDEX_META).exists():
         raise RagtuneError(f"{out} already holds an index; pass --add to append, or choose another --out")
-    return Index.build(encoder, documents, out), len(documents), len(documents)
+    return Index.build(encoder, documents, out, fusion), len(documents), len(documents)
 
 
 def parse_filters(items: list[str]) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+HEADLINE = "ndcg@10"  # the number a run is judged by
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100", "precision@10")
 
 

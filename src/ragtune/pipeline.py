@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from ragtune.config import (
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import EvalResult, evaluate_systems, pair_scores, triplet_accuracy
-from ragtune.metrics import METRICS
+from ragtune.hybrid import Fusion, FusionChoice
+from ragtune.metrics import HEADLINE, METRICS
 from ragtune.mining import mine, read_mined, save_mined
 from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
 from ragtune.report import RunResult, compare_all, summarise_run
@@ -284,9 +285,10 @@ def evaluate_stage(
     query_column: str = "query",
     passage_column: str = "passage",
     data: data_mod.PairData | None = None,
+    fusion: str | dict[str, Fusion | FusionChoice] | None = None,
 ) -> EvalResult:
     """Retrieval metrics on one split, each query searched over the full corpus, plus the mined triplets' scores
-    where rows have them.
+    where rows have them, and each model fused with BM25 when `fusion` asks.
 
     Args:
         models: {name: model folder, Hub id or "default"}.
@@ -297,9 +299,12 @@ def evaluate_stage(
         bm25: Add BM25 (bm25s) as the system `bm25`; None: as `config` says (yes by default).
         query_column, passage_column: The columns of a pairs file.
         data: `data_path` already loaded, for callers evaluating several splits.
+        fusion: Add `<model>+bm25` systems: a split name (e.g. "validation", "dev") to choose each model's fusion
+            on, never the split evaluated unless it is a validation split; or {model: Fusion} fixed by the user.
 
     Returns:
-        Metrics, per-query values and top-10 ids per system; triplet accuracy for ragtune data folders.
+        Metrics, per-query values and top-10 ids per system; triplet accuracy for ragtune data folders; the fusion
+        used per model.
 
     Example:
         >>> result = ragtune.evaluate_models({"base": "default"}, "work/data", "test")
@@ -311,15 +316,19 @@ def evaluate_stage(
         resolve_model(model)  # a wrong model path fails before any data is read or encoded
     if data is None:
         data = data_mod.load_pairs(data_path, "auto", query_column, passage_column)
-    queries = data
-    if split:
-        if not data.splits or split not in data.splits:
-            have = ", ".join(data.splits or {}) or "none (the whole dataset is one set)"
-            raise RagtuneError(f"{data_path}: no split {split!r}; splits: {have}")
-        queries = data.subset(data.splits[split])
-    result = evaluate_systems(
-        models, queries, config.bm25 if bm25 is None else bm25, cache_dir, config.max_seq_length, config.batch_size
-    )
+    queries = _split(data, split, data_path) if split else data
+    bm25 = config.bm25 if bm25 is None else bm25
+    settings = (cache_dir, config.max_seq_length, config.batch_size)
+    if isinstance(fusion, str) and fusion == split:
+        result = evaluate_systems(models, queries, bm25, *settings, fusion="choose")
+    else:
+        if isinstance(fusion, str):
+            tuning = evaluate_systems(models, _split(data, fusion, data_path), False, *settings, fusion="choose")
+            fusion = {name: replace(choice, chosen_on=fusion) for name, choice in tuning.fusion.items()}
+        fixed = {n: f if isinstance(f, FusionChoice) else FusionChoice(f) for n, f in (fusion or {}).items()}
+        result = evaluate_systems(models, queries, bm25, *settings, fusion=fixed or None)
+    if isinstance(fusion, str):
+        result.fusion = {name: replace(choice, chosen_on=split) for name, choice in result.fusion.items()}
     for name, model in models.items():
         scores = _pair_scores(model, data_path, split, cache_dir, config)
         result.triplet_accuracy[name] = triplet_accuracy(scores) if scores else None
@@ -339,6 +348,7 @@ class ComparisonResult:
         comparisons: One per (baseline, system, metric): the paired difference, its interval, p-value and the
             Holm-adjusted verdict over all comparisons made.
         queries: How many queries; `corpus` over how many passages each was searched.
+        fusion: Per fused model, its fusion with BM25 and what chose it (`FusionChoice.to_dict`).
     """
 
     systems: list[str]
@@ -347,6 +357,7 @@ class ComparisonResult:
     comparisons: list[Comparison]
     queries: int
     corpus: int
+    fusion: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "comparisons": [c.to_dict() for c in self.comparisons]}
@@ -363,13 +374,16 @@ def compare_stage(
     passage_column: str = "passage",
     extra_pairs: list[tuple[str, str]] = (),
     data: data_mod.PairData | None = None,
+    fusion: str | dict[str, Fusion | FusionChoice] | None = None,
 ) -> ComparisonResult:
-    """Several models (and BM25) on the same queries, each compared with the first model, with 95% intervals and
-    paired tests (Holm-adjusted over every comparison made).
+    """Several models (and BM25, and each model fused with BM25) on the same queries, each compared with the first
+    model, with 95% intervals and paired tests (Holm-adjusted over every comparison made). A fused system
+    `<model>+bm25` is compared with each of its two components, on NDCG@10.
 
     Args:
         models: Model paths (each named by its path) or {name: path}; the first is the reference.
-        data_path, split, config, cache_dir, bm25, query_column, passage_column, data: as for `evaluate_models`.
+        data_path, split, config, cache_dir, bm25, query_column, passage_column, data, fusion: as for
+            `evaluate_models`.
         extra_pairs: More (baseline, system) comparisons, e.g. [("bm25", "tuned")].
 
     Returns:
@@ -383,11 +397,17 @@ def compare_stage(
     config = config or EvalConfig()
 
     named = models if isinstance(models, dict) else {m: m for m in dict.fromkeys(models)}
-    result = evaluate_stage(named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data)
+    result = evaluate_stage(
+        named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data, fusion
+    )
     systems = list(named) + (["bm25"] if bm25 else [])
     per_query = result.per_query
     comparisons = compare_all(per_query, systems[0], systems[1:])
     comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
+    for name in result.fusion:
+        components = [name, "bm25"] if bm25 else [name]
+        comparisons += [c for part in components for c in compare_all(per_query, part, [f"{name}+bm25"], [HEADLINE])]
+        systems.append(f"{name}+bm25")
     holm(comparisons)
     return ComparisonResult(
         systems=systems,
@@ -396,7 +416,15 @@ def compare_stage(
         comparisons=comparisons,
         queries=result.queries,
         corpus=result.corpus,
+        fusion={name: choice.to_dict() for name, choice in result.fusion.items()},
     )
+
+
+def _split(data: data_mod.PairData, split: str, data_path: str | Path) -> data_mod.PairData:
+    if not data.splits or split not in data.splits:
+        have = ", ".join(data.splits or {}) or "none (the whole dataset is one set)"
+        raise RagtuneError(f"{data_path}: no split {split!r}; splits: {have}")
+    return data.subset(data.splits[split])
 
 
 def _pair_scores(model: str, data_path: Path, split: str | None, cache_dir, config: EvalConfig) -> dict | None:
@@ -452,7 +480,7 @@ def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
         ... )
         >>> result = ragtune.run(config)
         >>> sorted(result.metrics), result.model_dir.name, result.report_html.name
-        (['base', 'bm25', 'tuned'], 'model', 'report.html')
+        (['base', 'base+bm25', 'bm25', 'tuned', 'tuned+bm25'], 'model', 'report.html')
     """
     config = config.model_copy(deep=True)  # paths are filled in below; the caller's config stays as given
     out = Path(config.output_dir)
@@ -555,10 +583,15 @@ def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
 def _save_eval(models: dict[str, str], out: Path, folder: Path, config: EvalConfig, bm25: bool) -> None:
     data = data_mod.load_ragtune_data(out / "data")  # read once, evaluated on both splits
     results = {}
+    # Each model's fusion with BM25 is chosen on the validation queries and then applied, fixed, to the test ones.
+    fusion = "validation" if config.hybrid and data.splits.get("validation") else None
     for split in ("validation", "test"):
         if data.splits.get(split):
-            evaluation = evaluate_stage(models, out / "data", split, config, out / "cache", bm25=bm25, data=data)
+            evaluation = evaluate_stage(
+                models, out / "data", split, config, out / "cache", bm25, data=data, fusion=fusion
+            )
             results[split] = evaluation.to_dict()
+            fusion = evaluation.fusion or None
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "result.json", results, indent=None)
 
@@ -570,6 +603,7 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
     path = Path(eval_set.path)
     data = data_mod.load_pairs(path, "auto", eval_set.query_column, eval_set.passage_column)
     queries = data.subset(data.splits[eval_set.split]) if eval_set.split and data.splits else data
+    fusion = (eval_set.fusion_split or _validation_fusion(out)) if config.hybrid else None
     result = compare_stage(
         {"base": base, "tuned": str(out / "model")},
         path,
@@ -581,6 +615,7 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
         eval_set.passage_column,
         extra_pairs=[("bm25", "tuned")],
         data=data,
+        fusion=fusion or None,
     )
     result = result.to_dict()
     result.update(
@@ -592,6 +627,15 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
     folder = out / "eval" / "sets" / eval_set.name
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "result.json", result)
+
+
+def _validation_fusion(out: Path) -> dict[str, FusionChoice]:
+    """The fusions the run chose on its validation split, per model."""
+    chosen = {}
+    for stage in ("base", "tuned"):
+        validation = json.loads((out / "eval" / stage / "result.json").read_text()).get("validation", {})
+        chosen |= {name: FusionChoice.from_dict(c) for name, c in validation.get("fusion", {}).items()}
+    return chosen
 
 
 def _train(config: RunConfig, base: str, out: Path, key: str) -> None:

@@ -15,10 +15,17 @@ from ragtune.metrics import METRICS
 from ragtune.outputs import write_json
 from ragtune.report_md import write_markdown, write_model_card_section
 from ragtune.significance import Comparison, compare, holm, mean_ci
-from ragtune.tables import HEADLINE, by_method_table, comparison_table, eval_sets_table, metrics_table
+from ragtune.tables import (
+    HEADLINE,
+    by_method_table,
+    comparison_table,
+    eval_sets_table,
+    fusion_table,
+    metrics_table,
+)
 
 COMPARED = ("ndcg@10", "mrr@10", "recall@10")
-EVAL_SET_FIELDS = ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates")
+EVAL_SET_FIELDS = ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates", "fusion")
 
 
 def compare_all(
@@ -73,6 +80,20 @@ def regression_check(base_val: dict | None, tuned_val: dict | None, where: str =
         else f"The tuned model beats the base model on {where} ({HEADLINE} {b:.4f} → {t:.4f})."
     )
     return {"regressed": regressed, "checked": True, "on": where, "base": b, "tuned": t, "message": message}
+
+
+def recommend(model: str, fusion: dict[str, dict]) -> tuple[str, str]:
+    """What to ship: the recommended model alone, or fused with BM25 when validation says the fusion beats both
+    (never when it loses there, whatever the test split says)."""
+    choice = fusion.get(model)
+    if not choice:
+        return model, f"Serve the {model} model."
+    v = choice["validation"]
+    scores = f"validation {HEADLINE}: fused {v[choice['label']]:.4f}, {model} {v['dense']:.4f}, BM25 {v['bm25']:.4f}"
+    if choice["wins"]:
+        how = "--mode hybrid" + (" --rrf" if choice["method"] == "rrf" else f" --weight {choice['weight']:g}")
+        return f"{model}+bm25", f"Serve {model}+BM25 ({choice['label']}; `ragtune search {how}`): {scores}."
+    return model, f"Serve the {model} model alone: fusing it with BM25 does not beat both on validation ({scores})."
 
 
 def _movers(per_query, queries, corpus, qrels, top10, n: int = 5) -> dict[str, list[dict]]:
@@ -136,6 +157,8 @@ class RunResult:
         verdict: One sentence: did the tuned model beat the base model, by how much, is it significant.
         regression: The regression guard: `regressed`, `message`, and the set it judged (`on`).
         recommended_model: `tuned`, or `base` when the guard found a regression.
+        recommended_system: What to serve: the recommended model, or `<model>+bm25` when its fusion with BM25
+            beat both components on validation; `recommendation` says it in a sentence, with the fusion to use.
         test_queries: Test queries, each searched over all `corpus` passages.
         eval_sets: Per configured eval set (real users' questions): metrics, 95% intervals, paired comparisons.
         template_warning: Why the in-distribution gain may overstate real-query gains, or None.
@@ -151,6 +174,8 @@ class RunResult:
     verdict: str
     regression: dict[str, Any]
     recommended_model: str
+    recommended_system: str
+    recommendation: str
     test_queries: int
     corpus: int
     eval_sets: dict[str, dict[str, Any]]
@@ -176,9 +201,13 @@ def summarise_run(
     per_query = {**test_base["per_query"], **test_tuned["per_query"]}
     top10 = {**test_base["top10"], **test_tuned["top10"]}
     triplet = {**test_base["triplet_accuracy"], **test_tuned["triplet_accuracy"]}
-    systems = [s for s in ("bm25", "base", "tuned") if s in metrics]
+    systems = [s for s in ("bm25", "base", "tuned", "base+bm25", "tuned+bm25") if s in metrics]
     cis = {s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems}
-    comparisons = holm(compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"]))
+    comparisons = compare_all(per_query, "base", ["tuned"]) + compare_all(per_query, "bm25", ["base", "tuned"])
+    for fused in (s for s in systems if s.endswith("+bm25")):
+        parts = [s for s in (fused.removesuffix("+bm25"), "bm25") if s in systems]
+        comparisons += [c for part in parts for c in compare_all(per_query, part, [fused], [HEADLINE])]
+    holm(comparisons)
     headline = next(c for c in comparisons if c.baseline == "base" and c.metric == HEADLINE)
     conclusion = verdict(metrics, headline)
     sets = {}
@@ -192,6 +221,7 @@ def summarise_run(
         guard = regression_check(base.get("validation"), tuned.get("validation"))
     else:
         guard = regression_check(sets.get(guard_on), sets.get(guard_on), f"the eval set {guard_on}")
+    fusion = {**base.get("validation", {}).get("fusion", {}), **tuned.get("validation", {}).get("fusion", {})}
     data_meta = json.loads((out / "data" / DATA_MARKER).read_text())
     train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
     history = json.loads((out / "model" / "training_log.json").read_text())
@@ -210,6 +240,7 @@ def summarise_run(
         "verdict": conclusion,
         "regression": guard,
         "recommended_model": "base" if guard["regressed"] else "tuned",
+        "fusion": fusion,
         "test_queries": test_base["queries"],
         "corpus": test_base["corpus"],
         "test_templates": templates.to_dict(),
@@ -217,6 +248,7 @@ def summarise_run(
         "eval_sets": {name: {k: r[k] for k in EVAL_SET_FIELDS} for name, r in sets.items()},
         "training_pairs_by_source": _training_sources(data),
     }
+    summary["recommended_system"], summary["recommendation"] = recommend(summary["recommended_model"], fusion)
     if data.methods:
         summary["by_method"] = by_method(per_query, data.methods, systems)
     write_json(out / "results.json", summary)
@@ -229,6 +261,7 @@ def summarise_run(
         "comparison_md": comparison_table(comparisons),
         "by_method_md": by_method_table(summary["by_method"], systems) if data.methods else "",
         "eval_sets_md": eval_sets_table(sets) if sets else "",
+        "fusion_md": fusion_table({"test": summary, **sets}),
         "config_yaml": resolved_yaml,
         "data_meta": data_meta,
         "train_info": train_info,
@@ -250,6 +283,8 @@ def summarise_run(
         verdict=conclusion,
         regression=guard,
         recommended_model=summary["recommended_model"],
+        recommended_system=summary["recommended_system"],
+        recommendation=summary["recommendation"],
         test_queries=summary["test_queries"],
         corpus=summary["corpus"],
         eval_sets=summary["eval_sets"],

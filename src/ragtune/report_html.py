@@ -125,6 +125,7 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
         f"<h1>ragtune report: {e(c['title'])}</h1>",
         f"<p class='verdict {'good' if good else 'bad'}' id='verdict'>{e(c['verdict'])}</p>",
         f"<p>{e(c['regression']['message'])} Recommended model: <b>{e(c['recommended_model'])}</b>.</p>",
+        f"<p id='recommendation'><b>{e(c['recommendation'])}</b></p>",
         f"<p class='verdict bad' id='template-warning'>{e(c['template_warning'])}</p>" if c["template_warning"] else "",
         ("<h2>Where users are: the eval sets</h2><div id='eval-sets'>" + md_table_to_html(c["eval_sets_md"]) + "</div>")
         if c["eval_sets_md"]
@@ -135,6 +136,13 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
         "<div id='comparisons'>" + md_table_to_html(c["comparison_md"]) + "</div>",
         ("<h3>NDCG@10 by synthesis method</h3><div id='by-method'>" + md_table_to_html(c["by_method_md"]) + "</div>")
         if c.get("by_method_md")
+        else "",
+        (
+            "<h3>Hybrid: each model fused with BM25 (fusion chosen on validation)</h3><div id='fusion'>"
+            + md_table_to_html(c["fusion_md"])
+            + "</div>"
+        )
+        if c["fusion_md"]
         else "",
         f"<img id='plot-bars' alt='metrics by system' src='{bar_chart(c['metrics'], c['ci95'], c['systems'])}'>",
         "<h2>Training</h2>",

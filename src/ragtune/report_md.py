@@ -12,6 +12,7 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
     s = c["data_meta"]["load_stats"]
     splits = c["data_meta"]["splits"]
     out = [f"# ragtune report: {c['title']}", "", f"**{c['verdict']}**", "", c["regression"]["message"], ""]
+    out += [f"**{c['recommendation']}**", ""]
     if c["template_warning"]:
         out += [f"> **Warning:** {c['template_warning']}", ""]
     if c["eval_sets_md"]:
@@ -36,6 +37,19 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
         c["comparison_md"],
         "",
         *(["NDCG@10 by the method that made each test pair:", "", c["by_method_md"], ""] if c["by_method_md"] else []),
+        *(
+            [
+                "## Hybrid: each model fused with BM25",
+                "",
+                "The fusion (reciprocal-rank, or a convex weight of min-max-normalised scores) is chosen on "
+                "validation queries, then applied unchanged; each fused system against each of its components:",
+                "",
+                c["fusion_md"],
+                "",
+            ]
+            if c["fusion_md"]
+            else []
+        ),
         "Metrics follow trec_eval (graded NDCG). Triplet accuracy is the classic recipe's number: the share of "
         "(query, positive, mined negative) where the positive scores higher; with easy negatives it saturates "
         "near 1.0 and says little, which is why retrieval over the full corpus is the headline.",

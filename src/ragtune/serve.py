@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index
 from ragtune.index import Index
+from ragtune.rollout import LiveCollection, is_store_uri
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -64,6 +65,11 @@ class Batcher:
         self.batches = 0  # model calls made, for tests and metrics
         self._arrivals = itertools.count()
 
+    def close(self) -> None:
+        """Stop the worker once every text queued so far is encoded (it sorts last); call from the event loop."""
+        if self.queue is not None:
+            self.queue.put_nowait((float("inf"), next(self._arrivals), 0, 0, None))
+
     def tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text costs the model (special tokens included, truncated as the model truncates)."""
         limit = self.encoder.model.max_seq_length
@@ -83,6 +89,9 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             items = [await self.queue.get()]
+            if items[0][4] is None:  # closed: nothing was queued before the marker that is not done
+                self.queue, self.worker = None, None
+                return
             deadline = time.monotonic() + self.wait
             while len(items) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 try:
@@ -92,7 +101,7 @@ class Batcher:
             # The queue hands out the smallest requests' texts first; what exceeds the token budget goes back.
             taken, budget = [], self.max_batch_tokens
             for item in items:
-                if taken and item[3] > budget:
+                if item[4] is None or (taken and item[3] > budget):
                     self.queue.put_nowait(item)
                     continue
                 taken.append(item)
@@ -162,22 +171,54 @@ def create_app(
         raise RagtuneError(
             "the API key (RAGTUNE_API_KEY) is set but empty; set a real key, or unset it to serve without"
         )
-    index = Index.load(index_dir)
-    tuned = index.query_encoder(show_progress=False)
 
     def batcher(encoder: Encoder) -> Batcher:
         return Batcher(encoder, batch_wait_ms, max_batch_tokens=max_batch_tokens)
 
-    systems: dict[str, tuple[Batcher, Index]] = {"tuned": (batcher(tuned), index)}
-    if base_model:
-        base = Encoder(base_model, cache_dir, index.meta["max_seq_length"], show_progress=False)
-        # The base model's side of the page searches the same documents, encoded once (cached on disk).
-        base_vectors = flat_index(base.encode([d.text for d in index.documents], desc="encoding for the base model"))
-        systems["base"] = (batcher(base), Index(index.folder, index.meta, base_vectors, index.documents))
-    for batcher, _ in systems.values():
-        _ = batcher.encoder.model  # load now: /health answers only once the first request will be fast
-    relevant = _relevance(data, index.documents)
-    dim = int(index.meta["dim"])
+    live: LiveCollection | None = None
+    if is_store_uri(index_dir):
+        if base_model or data:
+            raise RagtuneError(
+                f"{index_dir}: a store serves its serving collection alone; "
+                "--base-model and --data need an index folder"
+            )
+        # The collection and its query model follow promotions and rollbacks, without a restart.
+        live = LiveCollection(str(index_dir), wrap=batcher)
+        systems: dict[str, tuple[Batcher, Any]] = {"tuned": live.current}
+        relevant: dict[str, set[str]] = {}
+    else:
+        index = Index.load(index_dir)
+        systems = {"tuned": (batcher(index.query_encoder(show_progress=False)), index)}
+        if base_model:
+            base = Encoder(base_model, cache_dir, index.meta["max_seq_length"], show_progress=False)
+            # The base model's side of the page searches the same documents, encoded once (cached on disk).
+            base_vectors = flat_index(
+                base.encode([d.text for d in index.documents], desc="encoding for the base model")
+            )
+            # Hybrid search on the base side fuses at the index's (the tuned model's) fusion: one BM25, one weight.
+            base_index = Index(index.folder, index.meta, base_vectors, index.documents, index.bm25)
+            systems["base"] = (batcher(base), base_index)
+        relevant = _relevance(data, index.documents)
+    for batcher_, _ in systems.values():
+        _ = batcher_.encoder.model  # load now: /health answers only once the first request will be fast
+
+    def current() -> dict[str, tuple[Batcher, Any]]:
+        """The systems answering now. With a store, the pair the watcher last loaded; the batcher it replaced is
+        closed once its queued texts are done (every request holding it queued them before this call could run)."""
+        if live is None:
+            return systems
+        pair = live.current
+        if pair is not systems["tuned"]:
+            systems["tuned"][0].close()
+            systems["tuned"] = pair
+        return systems
+
+    def describe_index() -> dict:
+        batcher_, idx = current()["tuned"]
+        if live is None:
+            return {"documents": len(idx.documents), "model": idx.meta["model"], "fusion": idx.meta.get("fusion")}
+        meta = idx.meta
+        return {"documents": meta["count"], "model": meta["model"], "fusion": meta["fusion"], "collection": idx.name}
 
     def authorised(request: Request) -> None:
         # Constant-time comparison: the time taken must not tell how much of a guessed key was right.
@@ -189,6 +230,10 @@ def create_app(
     docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if key else {}
     app = FastAPI(title="ragtune", version="1", **docs)
     app.state.systems = systems
+    app.state.live = live
+    if live is not None:
+        live.start()
+        app.router.on_shutdown.append(live.stop)
 
     @app.exception_handler(HTTPException)
     async def openai_error(request: Request, err: HTTPException) -> JSONResponse:
@@ -222,12 +267,12 @@ def create_app(
             raise HTTPException(413, message)
         return tokens
 
-    def system(name: str | None) -> str:
-        if name is None:
-            return "tuned"
-        if name not in systems:
-            raise HTTPException(404, f"the model '{name}' does not exist; served models: {', '.join(systems)}")
-        return name
+    def system(name: str | None) -> tuple[Batcher, Any]:
+        served = current()
+        name = name or "tuned"
+        if name not in served:
+            raise HTTPException(404, f"the model '{name}' does not exist; served models: {', '.join(served)}")
+        return served[name]
 
     class EmbeddingRequest(BaseModel):
         input: str | list[str]
@@ -241,33 +286,30 @@ def create_app(
         k: int = Field(10, ge=1, le=max_k)
         filters: dict[str, Any] | None = None
         model: str = "tuned"
+        mode: Literal["dense", "bm25", "hybrid"] = "dense"
 
     @app.get("/health")
-    def health(request: Request) -> dict:
+    async def health(request: Request) -> dict:
         try:
             authorised(request)
         except HTTPException:
             return {"status": "ok"}  # a liveness probe needs no key; the details do
-        return {
-            "status": "ok",
-            "documents": len(index.documents),
-            "model": index.meta["model"],
-            "systems": list(systems),
-        }
+        return {"status": "ok", **describe_index(), "systems": list(current())}
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
-    def models() -> dict:
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "ragtune"} for name in systems]}
+    async def models() -> dict:
+        data = [{"id": name, "object": "model", "owned_by": "ragtune"} for name in current()]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorised)])
     async def embeddings(body: EmbeddingRequest) -> dict:
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if body.encoding_format not in ("float", "base64"):
             raise HTTPException(422, "encoding_format must be 'float' or 'base64'")
+        batcher, idx = system(body.model)
+        dim = int(idx.meta["dim"])
         if body.dimensions is not None and not 1 <= body.dimensions <= dim:
             raise HTTPException(422, f"dimensions must be between 1 and {dim}")
-        name = system(body.model)
-        batcher = systems[name][0]
         counts = check_inputs(texts, batcher)
         vectors = await batcher.encode(texts, counts)
         if body.dimensions is not None and body.dimensions < dim:
@@ -284,26 +326,33 @@ def create_app(
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-            "model": name,
+            "model": body.model or "tuned",
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
     @app.post("/search", dependencies=[Depends(authorised)])
     async def search(body: SearchRequest) -> dict:
-        batcher, idx = systems[system(body.model)]
-        vectors = await batcher.encode([body.query], check_inputs([body.query], batcher))
-        hits = idx.search(vectors, body.k, body.filters)[0]
+        batcher, idx = system(body.model)
+        if body.mode != "dense" and idx.bm25 is None:
+            raise HTTPException(422, f"this index has no BM25 side (built by an older ragtune): mode {body.mode}")
+        vectors = None
+        if body.mode != "bm25":
+            vectors = await batcher.encode([body.query], check_inputs([body.query], batcher))
+        # BM25 scoring and fusion are CPU work: off the event loop, so other requests keep being answered.
+        hits = (await asyncio.to_thread(idx.query, [body.query], vectors, body.k, body.filters, body.mode))[0]
         marked = relevant.get(normalise(body.query), set())
         return {
             "query": body.query,
             "model": body.model,
+            "mode": body.mode,
             "results": [{**h.__dict__, "relevant": h.id in marked} for h in hits],
             "relevance_known": bool(marked),
+            **({"collection": idx.name} if live is not None else {}),
         }
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.read_text().replace("__SYSTEMS__", json.dumps(list(systems)))
+        return PAGE.read_text().replace("__SYSTEMS__", json.dumps(list(current())))
 
     return app
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ragtune.metrics import METRICS
+from ragtune.metrics import HEADLINE, METRICS
 from ragtune.significance import Comparison
-
-HEADLINE = "ndcg@10"
 
 
 def _fmt(value: float | None) -> str:
@@ -84,6 +82,36 @@ def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
             )
         lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
     return "\n".join(lines)
+
+
+def _diff(comparisons: list[dict], baseline: str, system: str) -> str:
+    c = next(
+        (c for c in comparisons if (c["baseline"], c["system"], c["metric"]) == (baseline, system, HEADLINE)), None
+    )
+    if c is None:
+        return "–"
+    holm_p = f" (Holm {c['p_holm']:.3f})" if c.get("p_holm") is not None else ""
+    return f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], {c['p_value']:.3f}{holm_p}"
+
+
+def fusion_table(sets: dict[str, dict[str, Any]]) -> str:
+    """One row per (query set, fused model): the fusion used and where it was chosen, the fused NDCG@10 with its
+    interval, and its paired difference to each component."""
+    lines = [
+        "| queries | system | fusion (chosen on) | NDCG@10 [95% CI] | − dense model [95% CI], p | − bm25 [95% CI], p |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, r in sets.items():
+        for model, choice in r.get("fusion", {}).items():
+            fused = f"{model}+bm25"
+            low, high = r["ci95"][fused][HEADLINE]
+            where = choice.get("chosen_on") or "given"
+            lines.append(
+                f"| {name} | {fused} | {choice['label']} ({where}) | {r['metrics'][fused][HEADLINE]:.4f} "
+                f"[{low:.3f}, {high:.3f}] | {_diff(r['comparisons'], model, fused)} | "
+                f"{_diff(r['comparisons'], 'bm25', fused)} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def by_method_table(rows: dict[str, dict[str, Any]], systems: list[str]) -> str:
