@@ -98,13 +98,7 @@ class Index:
 
     def query_encoder(self, show_progress: bool = True) -> Encoder:
         """The encoder queries must use: the model, truncation and backend that built the index."""
-        meta = self.meta
-        encoder = Encoder(
-            meta["model"],
-            max_seq_length=meta["max_seq_length"],
-            show_progress=show_progress,
-            backend=meta.get("backend", "torch"),
-        )
+        encoder = encoder_for(self.meta, show_progress)
         self.check_model(encoder)
         return encoder
 
@@ -150,24 +144,18 @@ class Index:
         Hybrid scores are fused scores (comparable within one query's list only); dense scores are cosines, BM25
         scores BM25's. `query_vectors` may be None for BM25.
         """
-        if mode not in MODES:
-            raise RagtuneError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        check_mode(mode)
         if mode == "dense":
             return self.search(query_vectors, k, filters)
         if self.bm25 is None:
             raise RagtuneError(f"{self.folder} has no BM25 index (built by an older ragtune): rebuild it for {mode}")
         allowed = self._allowed(filters) if filters else None
-        sparse = self.bm25.search(queries, CANDIDATES if mode == "hybrid" else k, allowed)
+        found = self.bm25.search(queries, CANDIDATES if mode == "hybrid" else k, allowed)
+        sparse = [[self._hit(p, s) for p, s in hits] for hits in found]
         if mode == "bm25":
-            return [[self._hit(p, s) for p, s in found] for found in sparse]
+            return sparse
         fusion = fusion or Fusion(**self.meta.get("fusion", Fusion("rrf", 0.0).to_dict()))
-        dense = self.search(query_vectors, max(k, CANDIDATES), filters)
-        results = []
-        for hits, found in zip(dense, sparse, strict=True):
-            sparse_scores = {self.documents[p].id: s for p, s in found}
-            fused = fuse_one({h.id: h.score for h in hits}, sparse_scores, fusion, k)
-            results.append([self._hit(self.position[d], s) for d, s in fused.items()])
-        return results
+        return fuse_hits(self.search(query_vectors, max(k, CANDIDATES), filters), sparse, fusion, k)
 
     def _allowed(self, filters: dict) -> np.ndarray:
         # A server sees the same few filters again and again: the scan over every document's metadata (most of a
@@ -202,6 +190,31 @@ class Index:
     def _hit(self, position: int, score: float) -> Hit:
         d = self.documents[int(position)]
         return Hit(d.id, float(score), d.text, d.metadata)
+
+
+def encoder_for(meta: dict, show_progress: bool = False) -> Encoder:
+    """The model, truncation and backend an index or a store collection records as what built it."""
+    return Encoder(
+        meta["model"],
+        max_seq_length=meta["max_seq_length"],
+        show_progress=show_progress,
+        backend=meta.get("backend", "torch"),
+    )
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise RagtuneError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def fuse_hits(dense: list[list[Hit]], sparse: list[list[Hit]], fusion: Fusion, k: int) -> list[list[Hit]]:
+    """Each query's dense and BM25 hits fused into one top-k; a hit keeps its text and metadata."""
+    results = []
+    for dense_hits, sparse_hits in zip(dense, sparse, strict=True):
+        known = {h.id: h for h in (*sparse_hits, *dense_hits)}
+        fused = fuse_one({h.id: h.score for h in dense_hits}, {h.id: h.score for h in sparse_hits}, fusion, k)
+        results.append([Hit(i, s, known[i].text, known[i].metadata) for i, s in fused.items()])
+    return results
 
 
 def run_fusion(model: str) -> Fusion | None:

@@ -25,8 +25,8 @@ from ragtune.bm25 import Bm25
 from ragtune.data import Document, load_documents
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
-from ragtune.hybrid import Fusion, fuse_one
-from ragtune.index import CANDIDATES, MODES, Hit, Index, encode_queries, run_fusion
+from ragtune.hybrid import Fusion
+from ragtune.index import CANDIDATES, Hit, Index, check_mode, encode_queries, encoder_for, fuse_hits, run_fusion
 from ragtune.metrics import aggregate, per_query
 from ragtune.outputs import replace_folder, write_json, write_jsonl
 from ragtune.stores import Store, open_store
@@ -114,12 +114,7 @@ class StoreCollection:
 
     def query_encoder(self, show_progress: bool = False) -> Encoder:
         meta = self.meta
-        encoder = Encoder(
-            meta["model"],
-            max_seq_length=meta["max_seq_length"],
-            show_progress=show_progress,
-            backend=meta.get("backend", "torch"),
-        )
+        encoder = encoder_for(meta, show_progress)
         if encoder.fingerprint != meta["model_fingerprint"]:
             raise RagtuneError(
                 f"{self.store.uri} collection {self.name} was built with {meta['model']} as it was then; that "
@@ -137,23 +132,16 @@ class StoreCollection:
         fusion: Fusion | None = None,
     ) -> list[list[Hit]]:
         """Top-k per query by the store's vectors, BM25, or both fused (default: the collection's fusion)."""
-        if mode not in MODES:
-            raise RagtuneError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        check_mode(mode)
         if mode == "dense":
             return self.store.search(self.name, query_vectors, k, filters or None)
         if self.lexical is None:
             raise RagtuneError(f"{self.store.uri} collection {self.name} has no BM25 side: {mode} search needs one")
         if mode == "bm25":
             return self.lexical.query(queries, None, k, filters, "bm25")
-        fusion = fusion or Fusion(**self.meta["fusion"])
         dense = self.store.search(self.name, query_vectors, max(k, CANDIDATES), filters or None)
         sparse = self.lexical.query(queries, None, CANDIDATES, filters, "bm25")
-        results = []
-        for dense_hits, sparse_hits in zip(dense, sparse, strict=True):
-            known = {h.id: h for h in (*sparse_hits, *dense_hits)}
-            fused = fuse_one({h.id: h.score for h in dense_hits}, {h.id: h.score for h in sparse_hits}, fusion, k)
-            results.append([Hit(i, s, known[i].text, known[i].metadata) for i, s in fused.items()])
-        return results
+        return fuse_hits(dense, sparse, fusion or Fusion(**self.meta["fusion"]), k)
 
 
 def _lexical_dir(store: Store, name: str) -> Path:
