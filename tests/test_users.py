@@ -144,7 +144,7 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     evalset = results["eval_sets"]["medicationqa-test"]
     truth = load_pairs(medication)
     assert evalset["queries"] == len(truth.splits["test"]) and evalset["corpus"] == len(truth.corpus)
-    assert set(evalset["metrics"]) == {"base", "tuned", "bm25"}
+    assert set(evalset["metrics"]) == {"base", "tuned", "bm25", "base+bm25", "tuned+bm25"}
     pairs = {(c["baseline"], c["system"]) for c in evalset["comparisons"]}
     assert {("base", "tuned"), ("bm25", "tuned")} <= pairs
     assert not evalset["templates"]["templated"]

@@ -93,6 +93,12 @@ WeightOpt = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Hybrid: BM25's weight in a convex fusion (default: the index's own)."),
 ]
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="Encode the corpus on a Ray cluster (a local one unless --ray-address).")
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="A running Ray cluster's address (or set RAY_ADDRESS); implies --ray.")
+]
 FuseRrfOpt = Annotated[bool, typer.Option("--rrf", help="Hybrid: fuse by reciprocal-rank fusion instead.")]
 
 
@@ -596,21 +602,27 @@ def index_cmd(
     cache_dir: CacheOpt = None,
     weight: WeightOpt = None,
     rrf: FuseRrfOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Encode a corpus into a persisted FAISS index plus a BM25 index and a document store (ids, texts, metadata),
     or into a vector store (--store) as a new collection, checked (--check) and promoted without downtime.
 
     Hybrid search fuses the two at the weight the run that trained MODEL chose on validation (its results.json),
     else by RRF; --weight or --rrf set it."""
+    from ragtune.config import EngineConfig
     from ragtune.embeddings import Encoder
+    from ragtune.ray_engine import engine_for
 
     encoder = Encoder(model, cache_dir, max_seq_length, batch_size, backend=backend) if model else None
+    engine = EngineConfig(kind="ray" if ray or ray_address else "local", address=ray_address)
+    fusion = _one_fusion(weight, rrf)
     if store:
         from ragtune.rollout import manage_store
 
         if out is not None:
             raise RagtuneError("give one of --out (an index folder) and --store (a vector store)")
-        with _shown():
+        with _shown(), engine_for(engine):
             result = manage_store(
                 store,
                 encoder,
@@ -625,7 +637,7 @@ def index_cmd(
                 force=force,
                 text_column=text_column,
                 id_column=id_column,
-                fusion=_one_fusion(weight, rrf),
+                fusion=fusion,
             )
         typer.echo(f"{store}: {result.message}")
         return
@@ -635,8 +647,8 @@ def index_cmd(
         raise RagtuneError("give MODEL, CORPUS and --out (or --store URI)")
     if stage or promote or rollback or collection or check or force:
         raise RagtuneError("--stage, --promote, --rollback, --collection, --check and --force are for --store")
-    with _shown():
-        index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column, _one_fusion(weight, rrf))
+    with _shown(), engine_for(engine):
+        index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column, fusion)
     if add:
         typer.echo(f"added {added} new documents ({seen - added} already indexed); {out} holds {len(index.documents)}")
         return
@@ -776,6 +788,8 @@ def run_cmd(
     allow_regression: Annotated[
         bool, typer.Option(help="Exit 0 even if the tuned model is not better than the base on validation.")
     ] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """The whole pipeline: prepare, mine, split, evaluate base + BM25, train, evaluate tuned, report."""
 
@@ -783,6 +797,8 @@ def run_cmd(
     from ragtune.pipeline import run
 
     overrides = [f"output_dir={output_dir}"] if output_dir else []
+    if ray or ray_address:
+        overrides += ["engine.kind=ray"] + ([f"engine.address={ray_address}"] if ray_address else [])
     cfg = override(load_config(config), overrides + list(set_ or []), str(config))
     try:
         with _shown():

@@ -235,6 +235,19 @@ class TrainConfig(Settings):
         return self
 
 
+class EngineConfig(Settings):
+    kind: Literal["local", "ray"] = Field(
+        "local",
+        description="Where corpus encoding runs: 'local' (this process) or 'ray' (a Ray cluster's actors, one model "
+        "copy each; the `ray` extra). Same vectors either way, to float rounding.",
+    )
+    address: str | None = Field(
+        None, description="Ray: a running cluster's address (else RAY_ADDRESS, else a local cluster on this machine)."
+    )
+    actors: int | None = Field(None, description="Ray: model copies (default: one per CPU of the cluster).")
+    gpus: float = Field(0.0, description="Ray: GPUs per actor (0: CPU actors).")
+
+
 class RunConfig(Settings):
     """A run's settings: one section per stage (`data`, `mining`, `split`, `train`, `evaluate`, ...), each field
     documented in the configuration reference. Build it from YAML (`load_config`) or a dict
@@ -256,6 +269,7 @@ class RunConfig(Settings):
     split: SplitConfig = SplitConfig()
     evaluate: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+    engine: EngineConfig = EngineConfig()
     eval_sets: list[EvalSetConfig] = Field(
         [], description="More test sets, e.g. real users' questions: each evaluated base vs tuned vs BM25."
     )

@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -22,6 +23,8 @@ DEFAULT_MODEL = "default"
 # Names that mean the packaged all-MiniLM-L6-v2: same weights, so they resolve locally instead of calling the Hub.
 _PACKAGED_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 _SHARD_ROWS = 4096
+# Where cache misses are encoded: None here, in this process; `ray_engine.ray_engine()` sets a Ray cluster.
+ENGINE: ContextVar = ContextVar("ragtune_engine", default=None)
 
 
 def resolve_model(name: str | Path) -> str:
@@ -222,9 +225,17 @@ class Encoder:
                 missing[k] = t
         todo = list(missing.items())
         with progress.task(desc, len(todo)) if todo and self.show_progress else nullcontext() as shown:
-            for start in range(0, len(todo), _SHARD_ROWS):
-                chunk = todo[start : start + _SHARD_ROWS]
-                vectors = self._encode_batches([t for _, t in chunk], shown)
+            engine = ENGINE.get()
+            # A cluster starts its actors (and loads the model) once per call: it gets larger calls.
+            step = _SHARD_ROWS * (16 if engine is not None else 1)
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                if engine is not None:
+                    vectors = engine.encode(self, [t for _, t in chunk])
+                    if shown is not None:
+                        shown.advance(len(chunk))
+                else:
+                    vectors = self._encode_batches([t for _, t in chunk], shown)
                 self.encoded_count += len(chunk)
                 self._store([k for k, _ in chunk], vectors)
         dim = self._shards[0].shape[1] if self._shards else self.model.get_embedding_dimension()

@@ -44,6 +44,7 @@ from ragtune.hybrid import Fusion, FusionChoice
 from ragtune.metrics import HEADLINE, METRICS
 from ragtune.mining import mine, read_mined, save_mined
 from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
+from ragtune.ray_engine import engine_for
 from ragtune.report import RunResult, compare_all, summarise_run
 from ragtune.significance import Comparison, holm, mean_ci
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
@@ -482,6 +483,11 @@ def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
         >>> sorted(result.metrics), result.model_dir.name, result.report_html.name
         (['base', 'base+bm25', 'bm25', 'tuned', 'tuned+bm25'], 'model', 'report.html')
     """
+    with engine_for(config.engine):
+        return _run(config, allow_regression)
+
+
+def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     config = config.model_copy(deep=True)  # paths are filled in below; the caller's config stays as given
     out = Path(config.output_dir)
     inputs = [

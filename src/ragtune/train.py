@@ -397,7 +397,11 @@ def train(
     if config.adapter == "lora":
         add_lora(model, config)
     evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims)
-    checkpoint_dir = claim_folder(output_dir / "checkpoints", "checkpoints")
+    checkpoint_dir = output_dir / "checkpoints"
+    if int(os.environ.get("RANK", "0")) == 0:
+        # One claimer: under torchrun every rank gets here at once, and another rank would see the folder rank 0
+        # is marking (not yet marked) as a user's. Only rank 0 writes checkpoints anyway.
+        claim_folder(checkpoint_dir, "checkpoints")
     args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
     # Hub widget samples: their loop draws its own bar, and sentence-transformers 6.2's trainer samples them even
     # with generate_widget_examples=False, so the sampler itself is switched off for this model.

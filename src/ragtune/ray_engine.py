@@ -1,0 +1,133 @@
+"""Corpus encoding on a Ray cluster: Ray Data over a pool of actors, one model copy each.
+
+Inside `with ray_engine(...)`, every `Encoder` sends the texts its cache lacks to the cluster instead of encoding
+them in this process: mining, evaluation, indexing and search all encode through `Encoder`, so all of them scale
+out, and the vectors land in the same embedding cache. The batches are the ones one process makes (texts sorted
+longest first, `batch_size` at a time), each sent whole to one actor, so each batch is padded as it would be locally
+and the vectors agree with the single-process ones (`tests/test_ray.py` measures how closely).
+
+Ray is an optional extra (`pip install "ragtune[ray]"`); without `ray_engine` nothing here is imported.
+What is not distributed yet: the texts still pass through this process (the corpus is loaded here, as without
+Ray), and FAISS search for mining and evaluation runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragtune.embeddings import ENGINE, Encoder
+from ragtune.errors import RagtuneError
+
+log = logging.getLogger(__name__)
+
+
+class _EncodeBatches:
+    """A Ray Data actor: the model loaded once, each row one whole batch of texts."""
+
+    def __init__(self, model: str, max_seq_length: int | None, backend: str):
+        from ragtune.embeddings import load_model
+
+        self.model = load_model(model, max_seq_length, backend=backend)
+
+    def __call__(self, rows: dict) -> dict:
+        out = []
+        for texts in rows["texts"]:
+            texts = [str(t) for t in texts]
+            vectors = self.model.encode(
+                texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            ).astype(np.float32)
+            out.append(vectors.tobytes())  # bytes: batches differ in length, which tensor columns would refuse
+        return {"batch": rows["batch"], "vectors": np.array(out, dtype=object)}
+
+
+@dataclass
+class RayEngine:
+    """Where and how wide: `address` of a running cluster (else RAY_ADDRESS, else a local one), `actors` model
+    copies (default: one per CPU of the cluster), `gpus` per actor."""
+
+    address: str | None = None
+    actors: int | None = None
+    gpus: float = 0.0
+    batches: int = 0  # batches the cluster has encoded, for logs and tests
+
+    def encode(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
+        import ray
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = [order[s : s + encoder.batch_size] for s in range(0, len(texts), encoder.batch_size)]
+        items = [{"batch": n, "texts": [texts[i] for i in rows]} for n, rows in enumerate(batches)]
+        actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        found = ray.data.from_items(items).map_batches(
+            _EncodeBatches,
+            fn_constructor_kwargs={
+                "model": encoder.model_name,
+                "max_seq_length": encoder.max_seq_length,
+                "backend": encoder.backend,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
+            num_cpus=0 if self.gpus else 1,
+            num_gpus=self.gpus or None,
+        )
+        vectors: np.ndarray | None = None
+        for row in found.iter_rows():
+            rows = batches[int(row["batch"])]
+            batch = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(rows), -1)
+            if vectors is None:
+                vectors = np.empty((len(texts), batch.shape[1]), dtype=np.float32)
+            vectors[rows] = batch
+            self.batches += 1
+        if vectors is None:
+            raise RagtuneError("the Ray cluster returned no vectors")
+        return vectors
+
+
+@contextmanager
+def engine_for(config) -> Iterator[RayEngine | None]:
+    """The engine an `EngineConfig` names: nothing to set for 'local', a Ray cluster for 'ray'."""
+    if config.kind != "ray":
+        yield None
+        return
+    with ray_engine(config.address, config.actors, config.gpus) as engine:
+        yield engine
+
+
+@contextmanager
+def ray_engine(address: str | None = None, actors: int | None = None, gpus: float = 0.0) -> Iterator[RayEngine]:
+    """Encode on Ray inside the block: a running cluster at `address` (or RAY_ADDRESS), else a local one on this
+    machine, started here and stopped after (loopback only, no dashboard)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise RagtuneError('the Ray engine needs Ray: pip install "ragtune[ray]"') from None
+    started = False
+    # Ray's own C++ and Data logs would write over the CLI's display: errors only.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS")
+        options = {"address": target} if target else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+        try:
+            ray.init(log_to_driver=False, logging_level=logging.WARNING, **options)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # the CLI draws its own display; Ray's bars would fight it
+            context.print_on_execution_start = False
+        except ConnectionError as err:
+            raise RagtuneError(f"could not reach the Ray cluster at {target}: {err}") from None
+        started = True
+    engine = RayEngine(address, actors, gpus)
+    token = ENGINE.set(engine)
+    try:
+        yield engine
+    finally:
+        ENGINE.reset(token)
+        if started:
+            ray.shutdown()
