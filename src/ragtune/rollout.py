@@ -369,7 +369,7 @@ class LiveCollection:
     def _load(self):
         collection = serving_collection(self.uri)
         encoder = collection.query_encoder()
-        _ = encoder.model
+        _ = encoder.model, collection.lexical  # loaded before the swap: no request waits for either
         return self.wrap(encoder), collection
 
     def refresh(self) -> bool:
