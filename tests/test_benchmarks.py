@@ -72,6 +72,7 @@ def test_pseudo_label_benchmark_scores_against_the_labels(tmp_path, tiny_model):
     assert result["agreed_right"] == 0.75 and result["dense_first_right"] == 0.75
 
 
+@pytest.mark.slow  # four processes, one per engine
 def test_store_benchmark_measures_every_engine_against_the_exact_top_ten(tmp_path):
     out = tmp_path / "stores.json"
     command = [sys.executable, str(BENCHMARKS / "stores.py"), "--passages", "2000", "--dim", "16", "--queries", "20"]

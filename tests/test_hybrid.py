@@ -195,6 +195,7 @@ def test_added_passages_are_found_by_bm25_and_the_run_fusion_is_the_default(smal
     assert Index.load(tmp_path / "run-index").meta["fusion"] == {"method": "convex", "weight": 0.2}
 
 
+@pytest.mark.slow  # CLI processes, each loading torch
 def test_search_cli_modes_over_an_index_and_over_a_model_with_a_corpus(small_index, tiny_model, tmp_path):
     folder, _ = small_index
     base = [sys.executable, "-m", "ragtune", "search"]

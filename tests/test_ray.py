@@ -16,7 +16,7 @@ from ragtune.ray_engine import ray_engine
 
 pytest.importorskip("ray")
 
-N = 1200
+N = 600
 
 
 def _stages(folder, model):
