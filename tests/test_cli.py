@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -26,12 +27,15 @@ def test_every_command_explains_its_options(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     click_command = typer.main.get_command(app).commands[command]
-    options = [o for p in click_command.params for o in p.opts if o.startswith("--")]
-    assert options, command
-    for option in options:
-        line = next((line for line in result.output.splitlines() if option in line), None)
+    params = [p for p in click_command.params if any(o.startswith("--") for o in p.opts)]
+    assert params, command
+    for param in params:
+        option = next(o for o in param.opts if o.startswith("--"))
+        starts = re.compile(r"[│\s*]*" + re.escape(option) + r"[\s/,]")  # the option's own row, not a mention
+        line = next((line for line in result.output.splitlines() if starts.match(line)), None)
         assert line is not None, (command, option)
-        assert len(line.split(option, 1)[1].strip()) > 0, (command, option)
+        assert param.help, (command, option)  # a default or a type alone does not explain an option
+        assert " ".join(param.help.split()[:3]) in line.split(option, 1)[1], (command, option)
 
 
 def _ok(args):

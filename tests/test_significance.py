@@ -19,7 +19,7 @@ def test_a_large_planted_gain_is_significant():
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 0.6, size=200)
     c = compare(_scores(base), _scores(base + 0.3 + rng.normal(0, 0.05, size=200)))
-    assert c.significant and c.ci_low > 0.25 and c.p_value < 0.001
+    assert c.significant and c.ci_low > 0.25 and c.p_value < 0.001 and c.verdict == "significant"
     assert c.delta == pytest.approx(0.3, abs=0.02)
 
 

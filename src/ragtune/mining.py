@@ -79,68 +79,115 @@ def least_similar_assignment(
     row's k least similar corpus items, ascending), so several rounds search once, or a `Screener`: then each block
     of rows is screened against the items still free just before the walk reaches it (see ragtune.screen).
     """
-    n, m = len(corpus_vectors), len(row_vectors)
     if search is None and (candidates is None or approximate):
         index = flat_index(corpus_vectors)
 
         def search(q: np.ndarray, kk: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
             return search_chunked(index, q, kk, exclude)
 
-    blocked = blocked or [None] * m
-    screener = candidates if isinstance(candidates, screen.Screener) else None
-    if screener is None:
-        first = candidates if candidates is not None else search(-row_vectors, min(k, n))[1]
-    more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when computed
-    complete: set[int] = set()  # rows whose exact list holds every free item they may take
-    used = np.zeros(n, dtype=bool)
-    chosen: list[int] = []
-    reused = 0
-    screened, at, tentative = None, 0, np.empty(0, dtype=np.int64)  # the block of rows screened last, from row `at`
+    if candidates is None:
+        candidates = search(-row_vectors, min(k, len(corpus_vectors)))[1]
+    walk = _Walk(row_vectors, corpus_vectors, forbidden, blocked or [None] * len(row_vectors), k, search, approximate)
+    if isinstance(candidates, screen.Screener):
+        walk.screener = candidates
+    else:
+        walk.first = candidates
+    for i in track(range(len(row_vectors)), "least-similar walk", len(row_vectors), every=1024):
+        walk.assign(i)
+    return walk.chosen, walk.reused
 
-    def pick_for(i: int) -> int | None:
-        if i in more:
-            return _first_free(more[i], used, forbidden[i], blocked[i])
-        if screener is not None:
-            return screened.pick(i - at, used, forbidden[i], blocked[i], row_vectors[i], corpus_vectors)
-        return _first_free(first[i], used, forbidden[i], blocked[i])
 
-    def taken(i: int, limit: int) -> np.ndarray:
-        """Per row from i on (at most 4 x limit rows, within the screened block): the share of its list used."""
-        if screener is not None:
-            return screened.taken_share(i - at, min(len(screened), i - at + 4 * limit), used)
-        return used[np.maximum(first[i : i + 4 * limit], 0)].mean(axis=1)
+class _Walk:
+    """The state of one least-similar walk (see `least_similar_assignment`): rows are assigned in order, each taking
+    its first free allowed item from its current list, which is refilled when every item on it was taken."""
 
-    for i in track(range(m), "least-similar walk", m, every=1024):
-        if screener is not None and i >= at + len(tentative):
-            at, stop = i, min(m, i + _SCREENED_ROWS)
-            screened = screener.lists(row_vectors[at:stop], used)
-            tentative = screened.tentative_picks(
-                used, forbidden[at:stop], blocked[at:stop], row_vectors[at:stop], corpus_vectors
-            )
+    def __init__(self, row_vectors, corpus_vectors, forbidden, blocked, k: int, search, approximate: bool):
+        self.row_vectors, self.corpus_vectors = row_vectors, corpus_vectors
+        self.forbidden, self.blocked = forbidden, blocked
+        self.k, self.search, self.approximate = k, search, approximate
+        self.first: np.ndarray | None = None  # each row's first candidates (one search for all rows)
+        self.screener: screen.Screener | None = None  # or: blocks of rows screened as the walk reaches them
+        self.screened, self.at = None, 0  # the block of rows screened last, from row `at`, and its tentative picks
+        self.tentative = np.empty(0, dtype=np.int64)
+        self.more: dict[int, np.ndarray] = {}  # rows whose first candidates ran out: a list of items free when made
+        self.complete: set[int] = set()  # rows whose exact list holds every free item they may take
+        self.used = np.zeros(len(corpus_vectors), dtype=bool)
+        self.chosen: list[int] = []
+        self.reused = 0  # rows that had to take an item already used: more rows than distinct passages
+
+    def assign(self, i: int) -> None:
+        if self.screener is not None and i >= self.at + len(self.tentative):
+            self._screen_block(i)
         # A tentative pick stands unless an earlier row took that item since; then the row is asked again below.
-        pick = int(tentative[i - at]) if screener is not None and i not in more else -1
-        if pick >= 0 and not used[pick]:
-            used[pick] = True
-            chosen.append(pick)
-            continue
-        while (pick := pick_for(i)) is None:
-            if i in complete:  # every item is taken: more rows than distinct passages
-                reused += 1
-                pick = _least_similar_allowed(row_vectors[i], corpus_vectors, forbidden[i], blocked[i], i)
-                break
-            if approximate and (i not in more or _all_used(more[i], used, k)):
-                rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (12 * k))
-                more.update(zip(rows, search(-row_vectors[rows], k, used)[1], strict=True))
-                complete.difference_update(rows)
-            else:
-                rows = _stuck_rows(i, taken, more, used, _BLOCK_BYTES // (4 * max(1, n - int(used.sum()))))
-                lists = _free_least_similar(row_vectors[rows], corpus_vectors, used, forbidden, blocked, rows)
-                more.update(zip(rows, lists, strict=True))
-                complete.update(r for r, ids in zip(rows, lists, strict=True) if ids[-1] < 0)
-        more.pop(i, None)
-        used[pick] = True
-        chosen.append(pick)
-    return chosen, reused
+        pick = int(self.tentative[i - self.at]) if self.screener is not None and i not in self.more else -1
+        if pick < 0 or self.used[pick]:
+            while (pick := self._pick(i)) is None:
+                if i in self.complete:  # every item it may take is used
+                    self.reused += 1
+                    pick = _least_similar_allowed(
+                        self.row_vectors[i], self.corpus_vectors, self.forbidden[i], self.blocked[i], i
+                    )
+                    break
+                self._refill(i)
+            self.more.pop(i, None)
+        self.used[pick] = True
+        self.chosen.append(pick)
+
+    def _screen_block(self, i: int) -> None:
+        self.at, stop = i, min(len(self.row_vectors), i + _SCREENED_ROWS)
+        self.screened = self.screener.lists(self.row_vectors[i:stop], self.used)
+        self.tentative = self.screened.tentative_picks(
+            self.used, self.forbidden[i:stop], self.blocked[i:stop], self.row_vectors[i:stop], self.corpus_vectors
+        )
+
+    def _pick(self, i: int) -> int | None:
+        if i in self.more:
+            return _first_free(self.more[i], self.used, self.forbidden[i], self.blocked[i])
+        if self.screener is not None:
+            return self.screened.pick(
+                i - self.at, self.used, self.forbidden[i], self.blocked[i], self.row_vectors[i], self.corpus_vectors
+            )
+        return _first_free(self.first[i], self.used, self.forbidden[i], self.blocked[i])
+
+    def _refill(self, i: int) -> None:
+        """New lists for row i and the later rows stuck (or nearly) like it: from the approximate index while it
+        still finds free items, else exact lists over the free items."""
+        if self.approximate and (i not in self.more or _all_used(self.more[i], self.used, self.k)):
+            rows = self._stuck_rows(i, _BLOCK_BYTES // (12 * self.k))
+            self.more.update(zip(rows, self.search(-self.row_vectors[rows], self.k, self.used)[1], strict=True))
+            self.complete.difference_update(rows)
+            return
+        free = max(1, len(self.used) - int(self.used.sum()))
+        rows = self._stuck_rows(i, _BLOCK_BYTES // (4 * free))
+        lists = _free_least_similar(
+            self.row_vectors[rows], self.corpus_vectors, self.used, self.forbidden, self.blocked, rows
+        )
+        self.more.update(zip(rows, lists, strict=True))
+        self.complete.update(r for r, ids in zip(rows, lists, strict=True) if ids[-1] < 0)
+
+    def _taken(self, i: int, limit: int) -> np.ndarray:
+        """Per row from i on (at most 4 x limit rows, within the screened block): the share of its list used."""
+        if self.screener is not None:
+            return self.screened.taken_share(i - self.at, min(len(self.screened), i - self.at + 4 * limit), self.used)
+        return self.used[np.maximum(self.first[i : i + 4 * limit], 0)].mean(axis=1)
+
+    def _stuck_rows(self, i: int, limit: int) -> list[int]:
+        """Row i plus later rows whose candidates are all, or nearly all, used already: they would each need the same
+        help, and one matrix product for all of them costs about what one row's does (a single row is a memory-bound
+        matrix-vector product; at 20,000 rows, stuck rows handled one by one took longer than the first search).
+
+        Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget."""
+        limit = max(1, limit)
+        share = self._taken(i, limit)
+        for j, ids in self.more.items():
+            if i <= j < i + len(share):
+                valid = ids[ids >= 0]
+                share[j - i] = self.used[valid].mean() if len(valid) else 1.0
+        # "Nearly": at most an eighth still free. Such a row gets the same pick from either list (its first free
+        # candidate is the least similar free item either way), so including it early costs only its share of the
+        # product.
+        order = np.argsort(-share, kind="stable")[: np.count_nonzero(share >= 7 / 8)]
+        return [i] + [i + int(o) for o in order if o != 0][: limit - 1]
 
 
 def _all_used(ids: np.ndarray, used: np.ndarray, k: int) -> bool:
@@ -153,25 +200,6 @@ _FREE_K = 64  # items kept per stuck row (see least_similar_assignment)
 # Rows screened, and their picks made, at once (Screener.lists, Screened.tentative_picks): larger blocks cost fewer
 # calls, but their later rows find more of their items taken by the block's earlier rows; 512 was fastest at 20,000.
 _SCREENED_ROWS = 512
-
-
-def _stuck_rows(i: int, taken: Callable, more: dict, used: np.ndarray, limit: int) -> list[int]:
-    """Row i plus later rows whose candidates are all, or nearly all, used already: they would each need the same
-    help, and one matrix product for all of them costs about what one row's does (a single row is a memory-bound
-    matrix-vector product; at 20,000 rows, stuck rows handled one by one took longer than the first search).
-
-    Only rows within 4 x limit of i, so the lists held for rows ahead of the walk stay within the memory budget;
-    `taken(i, limit)`: the share of each such row's first candidates already used."""
-    limit = max(1, limit)
-    share = taken(i, limit)
-    for j, ids in more.items():
-        if i <= j < i + len(share):
-            valid = ids[ids >= 0]
-            share[j - i] = used[valid].mean() if len(valid) else 1.0
-    # "Nearly": at most an eighth still free. Such a row gets the same pick from either list (its first free
-    # candidate is the least similar free item either way), so including it early costs only its share of the product.
-    order = np.argsort(-share, kind="stable")[: np.count_nonzero(share >= 7 / 8)]
-    return [i] + [i + int(o) for o in order if o != 0][: limit - 1]
 
 
 def _free_least_similar(vectors, corpus_vectors, used, forbidden, blocked, rows) -> list[np.ndarray]:
@@ -299,6 +327,7 @@ class _Guards:
     query, with `negatives_from: train`) any positive of a validation or test query."""
 
     def __init__(self, data: PairData, corpus_ids: list[str], held_out: set[str] | None = None):
+        self.corpus_ids = corpus_ids
         self.position = {pid: i for i, pid in enumerate(corpus_ids)}
         text_hash = [hashlib.sha1(normalise(data.corpus[p]).encode()).digest() for p in corpus_ids]
         by_text: dict[bytes, list[int]] = {}
@@ -383,7 +412,35 @@ def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, 
 
 
 def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: MiningConfig, stats, data) -> None:
-    corpus_ids = list(guards.position)
+    """Each row's negatives from its query's ranking: candidates that may never be negatives are dropped, the rest
+    (up to `range_max`) optionally re-scored by a cross-encoder, then filtered by rank window, score and nearness to a
+    positive; rows left with too few get random passages."""
+    removed: Counter = Counter()
+    pools = _candidate_pools(rows, guards, qids, query_vectors, corpus_vectors, config, stats, removed)
+    if config.cross_encoder:
+        pools = _rescore(rows, pools, data, list(guards.position), config, stats)
+    rng = random.Random(config.seed)
+    fallback = 0
+    positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
+    for r, (positive_score, pool) in zip(rows, pools, strict=True):
+        window = _window(pool, positive_score, positive_vectors[r.query_id], corpus_vectors, config, removed)
+        if config.sampling == "random":
+            rng.shuffle(window)
+        picks = window[: config.num_negatives]
+        if len(picks) < config.num_negatives:
+            fallback += 1
+            excluded = guards.forbidden(r.query_id) | set(picks)
+            picks += _sample_excluding(
+                rng, len(guards.position), excluded, config.num_negatives - len(picks), guards.blocked(r.query_id)
+            )
+        r.negative_ids = [guards.corpus_ids[c] for c in picks]
+    stats["candidates_removed"] = dict(removed)
+    stats["rows_with_random_fallback"] = fallback
+
+
+def _candidate_pools(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config, stats, removed) -> list:
+    """Per row: (positive score, [(score, candidate)] in rank order, at most `range_max` long), without the query's
+    positives, passages with a positive's text or group, and held-out passages (each counted in `removed`)."""
     most_positives = max(len(guards.forbidden(q)) for q in qids)
     depth = config.range_max + most_positives
     held_share = float(guards.held_out.mean())
@@ -392,8 +449,7 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
     search = candidate_search(corpus_vectors, config, query_vectors, config.range_max, stats)
     scores, ids = search(query_vectors, depth)
     at = {q: i for i, q in enumerate(qids)}
-    removed: Counter = Counter()
-    pools = []  # per row: (positive score, [(score, candidate)] in rank order, at most range_max long)
+    pools = []
     for r in rows:
         i = at[r.query_id]
         blocked = guards.blocked(r.query_id)
@@ -415,38 +471,26 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
                     break
         positive_score = float(query_vectors[i] @ corpus_vectors[guards.position[r.positive_id]])
         pools.append((positive_score, pool))
-    if config.cross_encoder:
-        pools = _rescore(rows, pools, data, corpus_ids, config, stats)
-    rng = random.Random(config.seed)
-    fallback = 0
-    positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
-    for r, (positive_score, pool) in zip(rows, pools, strict=True):
-        window = []
-        for rank, (score, c) in enumerate(pool, start=1):
-            if rank <= config.range_min:
-                continue
-            if config.max_score is not None and score > config.max_score:
-                removed["above_max_score"] += 1
-            elif config.margin is not None and score > positive_score * (1 - config.margin):
-                removed["within_margin_of_positive"] += 1
-            elif config.max_cosine_to_positive is not None and _near_positive(
-                c, positive_vectors[r.query_id], corpus_vectors, config.max_cosine_to_positive
-            ):
-                removed["near_duplicate_of_positive"] += 1
-            else:
-                window.append(c)
-        if config.sampling == "random":
-            rng.shuffle(window)
-        picks = window[: config.num_negatives]
-        if len(picks) < config.num_negatives:
-            fallback += 1
-            excluded = guards.forbidden(r.query_id) | set(picks)
-            picks += _sample_excluding(
-                rng, len(corpus_ids), excluded, config.num_negatives - len(picks), guards.blocked(r.query_id)
-            )
-        r.negative_ids = [corpus_ids[c] for c in picks]
-    stats["candidates_removed"] = dict(removed)
-    stats["rows_with_random_fallback"] = fallback
+    return pools
+
+
+def _window(pool, positive_score: float, positive_vectors, corpus_vectors, config: MiningConfig, removed) -> list:
+    """The candidates of a pool past `range_min` that pass the score cap, the margin and the near-positive test."""
+    window = []
+    for rank, (score, c) in enumerate(pool, start=1):
+        if rank <= config.range_min:
+            continue
+        if config.max_score is not None and score > config.max_score:
+            removed["above_max_score"] += 1
+        elif config.margin is not None and score > positive_score * (1 - config.margin):
+            removed["within_margin_of_positive"] += 1
+        elif config.max_cosine_to_positive is not None and _near_positive(
+            c, positive_vectors, corpus_vectors, config.max_cosine_to_positive
+        ):
+            removed["near_duplicate_of_positive"] += 1
+        else:
+            window.append(c)
+    return window
 
 
 def _rescore(rows, pools, data: PairData, corpus_ids, config: MiningConfig, stats) -> list:

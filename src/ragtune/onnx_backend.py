@@ -39,7 +39,10 @@ class OnnxModel:
             raise RagtuneError(f"{path} not found: run `ragtune export {self.folder} --onnx{flag}` first")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         config = json.loads((self.folder / "sentence_bert_config.json").read_text())
-        self.max_seq_length = int(config.get("max_seq_length") or 512)
+        # sentence-transformers 5 saves the limit as the tokenizer's model_max_length, older releases in this file;
+        # reading only the file let long texts run past the limit torch applies (different vectors).
+        limit = config.get("max_seq_length") or self.tokenizer.model_max_length
+        self.max_seq_length = int(limit) if limit and limit < 1_000_000 else 512
         pooling = self.folder / "1_Pooling" / "config.json"
         pool = json.loads(pooling.read_text()) if pooling.exists() else {"pooling_mode_mean_tokens": True}
         self.pooling = (
