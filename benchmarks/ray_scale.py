@@ -48,6 +48,11 @@ def passages(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 200)))) + f" ({i})" for i in range(n)]
 
 
+def cpu_name() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "unknown")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -69,20 +74,12 @@ def main() -> None:
             start = time.perf_counter()
             on_ray = spread.encode(texts)
             ray_s = time.perf_counter() - start
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "unknown",
-    )
     report(
         {
             "model": args.model,
             "passages": args.passages,
             "max_seq_length": args.max_seq_length,
-            "cpu": cpu,
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "one_process_per_s": round(args.passages / alone_s, 1),
             "ray_actors": args.actors,

@@ -86,3 +86,19 @@ def test_store_benchmark_measures_every_engine_against_the_exact_top_ten(tmp_pat
         # Exhaustive search must find the exact top 10, filtered or not (FAISS is the exact search itself).
         if engine["engine"] != "chroma":
             assert engine["unfiltered"]["recall@10_vs_exact"] == 1.0 == engine["filtered"]["recall@10_vs_exact"]
+
+
+@pytest.mark.slow  # a local Ray cluster
+def test_ray_shards_benchmark_encodes_indexes_and_mines_every_row(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "shards.json"
+    command = [sys.executable, str(BENCHMARKS / "ray_shards.py"), "--passages", "3000", "--files", "3"]
+    command += ["--ivf-pq-from", "1000", "--compare", "500", "--output-json", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, cwd=BENCHMARKS)
+    result = json.loads(out.read_text())
+    assert result["passages"] == 3000 and result["queries_mined"] == 300  # one query per 10 passages
+    assert result["index"].startswith("ivf") and 0 < result["index_recall@10_vs_exact"] <= 1
+    assert result["ray_encode_per_s"] == pytest.approx(3000 / result["encode_s"], rel=0.05)
+    peaks = result["driver_peak_rss_mb_by_stage"]
+    assert result["driver_peak_rss_mb_before_cluster_work"] <= peaks["after_encode"] <= peaks["after_index"]
+    assert peaks["after_index"] <= result["driver_peak_rss_mb_after"]

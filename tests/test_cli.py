@@ -195,7 +195,7 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 2 and "attention_dropout" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_compare_identical_models_is_not_significant(tiny_model, tmp_path):
+def test_compare_a_model_with_bm25_gives_the_verdict_of_its_interval(tiny_model, tmp_path):
     from helpers import split_folder
 
     data = split_folder(tmp_path, tiny_model)

@@ -34,13 +34,19 @@ def _stages(folder, model):
 
 
 @pytest.mark.slow  # starts a Ray cluster (~15 s) and runs the stages twice
-def test_a_local_ray_cluster_encodes_mines_evaluates_and_indexes_as_one_process(tiny_model, tmp_path):
+def test_a_local_ray_cluster_encodes_mines_evaluates_and_indexes_as_one_process(tiny_model, tmp_path, monkeypatch):
+    from ragtune import faiss_search
+
+    # Small enough that mining's and evaluation's searches run as several Ray tasks (the same chunks both sides).
+    monkeypatch.setattr(faiss_search, "_REMOTE_MIN", 256)
+    monkeypatch.setattr(faiss_search, "_SEARCH_CHUNK", 64)
     (tmp_path / "one").mkdir()
     (tmp_path / "ray").mkdir()
     alone = _stages(tmp_path / "one", tiny_model)
     with ray_engine(actors=2) as engine:
         assert engine.actors == 2
         spread = _stages(tmp_path / "ray", tiny_model)
+        assert engine.search_tasks >= 2  # the corpus-wide searches ran on the cluster
         texts = [json.loads(line)["passage"] for line in (tmp_path / "ray" / "pairs.jsonl").read_text().splitlines()]
         on_ray = Encoder(str(tiny_model), tmp_path / "fresh-ray", show_progress=False)
         before = engine.batches

@@ -164,6 +164,15 @@ class Encoder:
         self._shards: list[np.ndarray] = []
         self.encoded_count = 0  # texts actually run through the model (not served from the cache)
 
+    def identity(self) -> dict:
+        """What an index, a store collection or shards record as what built them (see `index.encoder_for`)."""
+        return {
+            "model": self.model_name,
+            "model_fingerprint": self.fingerprint,
+            "max_seq_length": self.max_seq_length,
+            "backend": self.backend,
+        }
+
     @property
     def model(self):
         if self._model is None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ragtune.embeddings import ENGINE
+
 _SEARCH_CHUNK = 2048
+# From this many queries a search runs on the engine's cluster (Ray tasks over a copy of the index), when one is
+# active: mining's and evaluation's full-corpus searches; below, shipping the index costs more than it saves.
+_REMOTE_MIN = 4 * _SEARCH_CHUNK
 
 
 def flat_index(vectors: np.ndarray):
@@ -21,9 +26,13 @@ def search_chunked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inner-product top-k, a chunk of queries at a time so scores never exceed chunk x k. `exclude`: a boolean
     mask of items never returned (missing results are id -1, last). Equal scores (copies of one passage) come in id
-    order, as a stable sort would give them, so results do not depend on how FAISS orders ties."""
+    order, as a stable sort would give them, so results do not depend on how FAISS orders ties. Inside a Ray engine,
+    a large search is split into chunk-aligned Ray tasks, each running this function: the same results."""
     import faiss
 
+    engine = ENGINE.get()
+    if engine is not None and len(queries) >= _REMOTE_MIN:
+        return engine.search(index, queries, k, exclude, _SEARCH_CHUNK)
     k = min(k, index.ntotal)
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)

@@ -52,10 +52,7 @@ class Index:
         folder = claim_folder(folder, "index")  # before the encoding: a user's own folder fails at once
         vectors = encoder.encode([d.text for d in documents], desc="encoding documents")
         meta = {
-            "model": encoder.model_name,
-            "model_fingerprint": encoder.fingerprint,
-            "max_seq_length": encoder.max_seq_length,
-            "backend": encoder.backend,
+            **encoder.identity(),
             "dim": int(vectors.shape[1]),
             "count": len(documents),
             "similarity": "cosine",

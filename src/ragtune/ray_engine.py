@@ -7,12 +7,14 @@ longest first, `batch_size` at a time), each sent whole to one actor, so each ba
 and the vectors agree with the single-process ones (`tests/test_ray.py` measures how closely).
 
 Ray is an optional extra (`pip install "ragtune[ray]"`); without `ray_engine` nothing here is imported.
-What is not distributed yet: the texts still pass through this process (the corpus is loaded here, as without
-Ray), and FAISS search for mining and evaluation runs here.
+Large FAISS searches (mining's candidate search, full-corpus evaluation) run as Ray tasks over a copy of the index
+(`RayEngine.search`). For corpora too large for this process, `ragtune.shards` streams corpus shards through the
+cluster into embedding shards, builds the index from them and mines hard negatives without loading the corpus here.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -55,6 +57,7 @@ class RayEngine:
     actors: int | None = None
     gpus: float = 0.0
     batches: int = 0  # batches the cluster has encoded, for logs and tests
+    search_tasks: int = 0  # FAISS searches run as Ray tasks
 
     def encode(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
         import ray
@@ -87,6 +90,46 @@ class RayEngine:
         if vectors is None:
             raise RagtuneError("the Ray cluster returned no vectors")
         return vectors
+
+    def search(
+        self, index, queries: np.ndarray, k: int, exclude: np.ndarray | None, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`faiss_search.search_chunked` over Ray tasks: the index is serialised into the object store once per
+        call, each task searches whole chunks of queries (the same chunks one process would), results in order."""
+        import faiss
+        import ray
+
+        task = _remote_search()
+        blob = ray.put(faiss.serialize_index(index))
+        mask = ray.put(exclude) if exclude is not None else None
+        nprobe = getattr(index, "nprobe", None)
+        # At least one task per CPU, each a whole number of chunks: a task's ties and cut-offs match one process's.
+        per_task = chunk * max(1, -(-len(queries) // (chunk * max(1, int(ray.cluster_resources().get("CPU", 1))))))
+        refs = [
+            task.remote(blob, np.ascontiguousarray(queries[s : s + per_task]), k, mask, nprobe)
+            for s in range(0, len(queries), per_task)
+        ]
+        parts = ray.get(refs)
+        self.search_tasks += len(refs)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@functools.cache
+def _remote_search():
+    import ray
+
+    return ray.remote(num_cpus=1)(_search_part)
+
+
+def _search_part(blob: np.ndarray, queries: np.ndarray, k: int, exclude, nprobe) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    from ragtune.faiss_search import search_chunked
+
+    index = faiss.deserialize_index(blob)
+    if nprobe is not None:
+        index.nprobe = nprobe
+    return search_chunked(index, queries, k, exclude)  # no engine is set in a Ray worker: searched here
 
 
 @contextmanager

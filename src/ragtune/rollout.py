@@ -165,10 +165,7 @@ def _load_lexical(store: Store, name: str) -> Index | None:
 
 def _meta(encoder: Encoder, dim: int, count: int, fusion: Fusion | None) -> dict:
     return {
-        "model": encoder.model_name,
-        "model_fingerprint": encoder.fingerprint,
-        "max_seq_length": encoder.max_seq_length,
-        "backend": encoder.backend,
+        **encoder.identity(),
         "dim": dim,
         "count": count,
         "fusion": (fusion or run_fusion(encoder.model_name) or Fusion("rrf", 0.0)).to_dict(),

@@ -1,0 +1,393 @@
+"""Corpora too large for one process: embedding shards written by a Ray cluster, an index built from them, and hard
+negatives mined over that index, with this process holding neither the corpus nor all of its vectors.
+
+- `embed_shards`: Ray Data reads JSONL/Parquet corpus files on the cluster, an actor pool (one model copy each)
+  encodes them, and the cluster writes Parquet shards of (id, text, sha1 of the text, vector). Nothing passes
+  through this process.
+- `index_from_shards`: a `ragtune index` folder built from the shards one file at a time: exact (FAISS flat) below
+  `ivf_pq_from` passages, else IVF-PQ trained on a seeded sample, with its recall@10 against exact search measured
+  (this process then holds the sample and the compressed codes, not the float32 vectors).
+- `mine_from_shards`: hard negatives for (query, positive id) files, as Ray Data over actors that each hold the
+  model and a copy of the index: the same picks as `ragtune mine --strategy hard` where the index is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ragtune.embeddings import ENGINE, Encoder
+from ragtune.errors import RagtuneError
+from ragtune.outputs import claim_folder, replace_folder, write_json
+
+log = logging.getLogger(__name__)
+
+SHARDS_META = "shards.json"
+SHA1_FILE = "sha1.bin"  # an index from shards: the sha1 of each passage's text, 20 bytes each, in vector order
+_ROWS_PER_BLOCK = 4096  # rows one actor call encodes (sorted by length inside, so batches pad little)
+
+
+@dataclass
+class Shards:
+    folder: Path
+    meta: dict
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.parquet"))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Shards:
+        folder = Path(folder)
+        if not (folder / SHARDS_META).is_file():
+            raise RagtuneError(f"{folder}: not embedding shards (no {SHARDS_META}); write them with embed_shards")
+        return cls(folder, json.loads((folder / SHARDS_META).read_text()))
+
+
+def _engine():
+    engine = ENGINE.get()
+    if engine is None:
+        raise RagtuneError("shards are written by a Ray cluster: call this inside `with ragtune.ray_engine():`")
+    return engine
+
+
+def _read(paths: list[str], columns: list[str]):
+    """A Ray dataset of the files' `columns`, read on the cluster (JSONL or Parquet, by extension)."""
+    import ray.data
+
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise RagtuneError(f"{missing[0]}: no such file")
+    # Reading takes no CPU slot: on a small cluster the actors hold every CPU, and reads waiting for one would stall.
+    # Two reads at a time keep the actors fed without a worker process per file.
+    if all(p.endswith(".parquet") for p in paths):
+        return ray.data.read_parquet(paths, columns=columns, num_cpus=0, concurrency=2)
+    if all(p.endswith((".jsonl", ".json")) for p in paths):
+        return ray.data.read_json(paths, lines=True, num_cpus=0, concurrency=2).select_columns(columns)
+    raise RagtuneError(f"{paths[0]}: shards are read from .jsonl or .parquet files, all of one kind")
+
+
+class _EncodeRows:
+    """Actor: the model loaded once; each block of rows sorted by length and encoded `batch_size` at a time."""
+
+    def __init__(self, model: str, max_seq_length: int | None, backend: str, batch_size: int, columns: tuple):
+        from ragtune.embeddings import load_model
+
+        self.model = load_model(model, max_seq_length, backend=backend)
+        self.batch_size, (self.id_column, self.text_column) = batch_size, columns
+
+    def __call__(self, rows: dict):
+        import pyarrow as pa
+
+        texts = [str(t) for t in rows[self.text_column]]
+        vectors = _encode_sorted(self.model, texts, self.batch_size)
+        # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
+        return pa.table(
+            {
+                "id": [str(i) for i in rows[self.id_column]],
+                "text": texts,
+                "sha1": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+            }
+        )
+
+
+def _encode_sorted(model, texts: list[str], batch_size: int) -> np.ndarray:
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    vectors = model.encode(
+        [texts[i] for i in order],
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    ).astype(np.float32)
+    out = np.empty_like(vectors)
+    out[order] = vectors
+    return out
+
+
+def embed_shards(
+    encoder: Encoder,
+    corpus: list[str | Path],
+    out: str | Path,
+    text_column: str = "text",
+    id_column: str = "id",
+    rows_per_file: int = 100_000,
+) -> Shards:
+    """Encode corpus files into Parquet embedding shards in `out`, on the active Ray engine's cluster.
+
+    Args:
+        encoder: The model, truncation, backend and batch size (as `ragtune index` would encode with).
+        corpus: JSONL or Parquet files with an id and a text column; they are read by the cluster's workers.
+        out: A new folder (or one ragtune made) for `*.parquet` shards and `shards.json`.
+        text_column, id_column: Where the text and the id are.
+        rows_per_file: At most this many passages per shard file.
+
+    Returns:
+        The shards: their folder and `meta` (model, fingerprint, truncation, backend, dimension, count, inputs).
+    """
+    import ray
+
+    engine = _engine()
+    out = Path(out)
+    paths = [str(Path(p).resolve()) for p in corpus]
+    claim_folder(out, "shards", paths)
+    actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    with replace_folder(out, "shards") as new:
+        found = _read(paths, [id_column, text_column]).map_batches(
+            _EncodeRows,
+            fn_constructor_kwargs={
+                "model": encoder.model_name,
+                "max_seq_length": encoder.max_seq_length,
+                "backend": encoder.backend,
+                "batch_size": encoder.batch_size,
+                "columns": (id_column, text_column),
+            },
+            batch_size=_ROWS_PER_BLOCK,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=0 if engine.gpus else 1,
+            num_gpus=engine.gpus or None,
+        )
+        found.write_parquet(str(new), max_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+        count, dim = _count_and_dim(sorted(new.glob("*.parquet")))
+        meta = {
+            **encoder.identity(),
+            "dim": dim,
+            "count": count,
+            "corpus": paths,
+        }
+        write_json(new / SHARDS_META, meta)
+    log.info("%d passages encoded into %s", count, out)
+    return Shards(out, meta)
+
+
+def _count_and_dim(files: list[Path]) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    count, dim = 0, 0
+    for f in files:
+        file = pq.ParquetFile(f)
+        count += file.metadata.num_rows
+        dim = file.schema_arrow.field("vector").type.list_size
+    if not count:
+        raise RagtuneError("the corpus files hold no rows")
+    return count, dim
+
+
+def _batches(shards: Shards, columns: list[str], batch_size: int = 4096):
+    import pyarrow.parquet as pq
+
+    for f in shards.files:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def _vectors(batch) -> np.ndarray:
+    column = batch.column("vector")
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32, copy=False)
+
+
+def index_from_shards(
+    shards: str | Path, out: str | Path, ivf_pq_from: int = 1_000_000, code_bytes: int | None = None, seed: int = 0
+) -> Path:
+    """A `ragtune index` folder from embedding shards, read one batch at a time.
+
+    Below `ivf_pq_from` passages the index is exact (FAISS flat: this process holds the float32 vectors, as
+    `ragtune index` does). From there it is IVF-PQ: about 4*sqrt(N) cells, `code_bytes` per passage (default one
+    per 2 dimensions: 8x smaller than float32), trained on a
+    seeded sample (at least 40 points per cell and 10,000 for the codebooks), so this process holds the sample
+    and the codes. The index has no BM25 side (its statistics need every text at once): dense search only.
+
+    Args:
+        shards: A folder from `embed_shards`.
+        out: The index folder (new, or one ragtune made); searched like any `ragtune index` folder.
+        ivf_pq_from: From this many passages, IVF-PQ instead of exact.
+        code_bytes: IVF-PQ bytes per passage (must divide the dimension).
+        seed: For the training sample and k-means.
+
+    Returns:
+        The index folder.
+    """
+    import faiss
+
+    from ragtune.index import INDEX_META
+
+    source = Shards.load(shards)
+    n, dim = source.meta["count"], source.meta["dim"]
+    out = claim_folder(out, "index", [source.folder])
+    if n < ivf_pq_from:
+        index, kind = faiss.IndexFlatIP(dim), "flat"
+    else:
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 40))  # as mining's IVF index: at least 40 points per cell
+        m = code_bytes or (dim // 2 if dim % 2 == 0 else dim)
+        if dim % m:
+            raise RagtuneError(f"code_bytes must divide the dimension {dim}, got {m}")
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        sample = _sample(source, max(40 * nlist, 10_000), seed)
+        index.train(sample)
+        index.nprobe = min(32, nlist)
+        kind = f"ivf{nlist},pq{m}"
+    with replace_folder(out, "index") as new:
+        # Documents and text hashes (20 bytes each, what mining's same-text guard reads) go straight to disk.
+        with (new / "docs.jsonl").open("w", encoding="utf-8") as docs, (new / SHA1_FILE).open("wb") as hashes:
+            for batch in _batches(source, ["id", "text", "sha1", "vector"]):
+                index.add(_vectors(batch))
+                for i, t in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist(), strict=True):
+                    docs.write(json.dumps({"id": i, "text": t, "metadata": {}}, ensure_ascii=False) + "\n")
+                hashes.write(b"".join(bytes.fromhex(h) for h in batch.column("sha1").to_pylist()))
+        if kind != "flat":
+            faiss.extract_index_ivf(index).make_direct_map()  # filtered search reconstructs the allowed vectors
+        faiss.write_index(index, str(new / "index.faiss"))
+        meta = {k: source.meta[k] for k in ("model", "model_fingerprint", "max_seq_length", "backend", "dim")}
+        meta.update(count=n, similarity="cosine", faiss=kind, source=str(shards))
+        if kind != "flat":
+            meta["recall@10_vs_exact"] = round(_recall(index, source, sample[:_RECALL_QUERIES]), 4)
+        write_json(new / INDEX_META, meta)
+    return out
+
+
+_RECALL_QUERIES = 200  # sampled passages used as queries to measure a compressed index against exact search
+
+
+def _recall(index, shards: Shards, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k that `index` returns, the exact top-k found by streaming over the shards."""
+    from ragtune.faiss_search import search_chunked
+
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    start = 0
+    for batch in _batches(shards, ["vector"]):
+        scores = np.concatenate([best_scores, queries @ _vectors(batch).T], axis=1)
+        ids = np.concatenate(
+            [best_ids, np.broadcast_to(np.arange(start, start + batch.num_rows), scores[:, k:].shape)], 1
+        )
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best_scores, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+        start += batch.num_rows
+    found = search_chunked(index, queries, k)[1]
+    return float(np.mean([len(set(e) & set(f)) / k for e, f in zip(best_ids.tolist(), found.tolist(), strict=True)]))
+
+
+def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
+    """`size` vectors at seeded random positions, gathered in one pass over the shards."""
+    n = shards.meta["count"]
+    wanted = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
+    parts, start = [], 0
+    for batch in _batches(shards, ["vector"]):
+        stop = start + batch.num_rows
+        lo, hi = np.searchsorted(wanted, [start, stop])
+        if hi > lo:
+            parts.append(_vectors(batch)[wanted[lo:hi] - start])
+        start = stop
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+class _MineRows:
+    """Actor: the model and a copy of the index; each block of (query, positive id) rows gets its hard negatives."""
+
+    def __init__(self, index_folder: str, blob, settings: dict, columns: tuple):
+        import faiss
+        import ray
+
+        from ragtune.embeddings import load_model
+
+        meta = json.loads((Path(index_folder) / "index.json").read_text())
+        self.model = load_model(meta["model"], meta["max_seq_length"], backend=meta.get("backend", "torch"))
+        self.index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = settings["nprobe"]
+        with (Path(index_folder) / "docs.jsonl").open(encoding="utf-8") as f:
+            self.ids = [json.loads(line)["id"] for line in f]
+        self.position = {d: i for i, d in enumerate(self.ids)}
+        self.sha1 = np.fromfile(Path(index_folder) / SHA1_FILE, dtype="S20")
+        self.settings, (self.query_column, self.positive_column) = settings, columns
+
+    def __call__(self, rows: dict):
+        from ragtune.faiss_search import search_chunked
+
+        s = self.settings
+        queries = [str(q) for q in rows[self.query_column]]
+        positives = [str(p) for p in rows[self.positive_column]]
+        unknown = [p for p in positives if p not in self.position]
+        if unknown:
+            raise RagtuneError(f"positive id {unknown[0]!r} is not in the index")
+        vectors = _encode_sorted(self.model, queries, s["batch_size"])
+        # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
+        _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"])
+        negatives = []
+        for row, positive in zip(found, positives, strict=True):
+            own = self.position[positive]
+            pool = [c for c in row.tolist() if c >= 0 and c != own and self.sha1[c] != self.sha1[own]]
+            picks = pool[: s["range_max"]][s["range_min"] : s["range_min"] + s["num_negatives"]]
+            negatives.append([self.ids[c] for c in picks])
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                "query": queries,
+                "positive_id": positives,
+                "negative_ids": pa.array(negatives, type=pa.list_(pa.string())),
+            }
+        )
+
+
+def mine_from_shards(
+    index: str | Path,
+    pairs: list[str | Path],
+    out: str | Path,
+    query_column: str = "query",
+    positive_column: str = "positive_id",
+    num_negatives: int = 1,
+    range_min: int = 0,
+    range_max: int = 30,
+    nprobe: int = 32,
+) -> Path:
+    """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
+    `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
+    in `out`. A row gets the candidates ranked `range_min`..`range_max` (after dropping its positive and passages
+    with the positive's exact text), the top `num_negatives` of them; rows are not otherwise screened (no margin,
+    no groups, no held-out passages: those need the whole dataset, as `ragtune mine` has it).
+
+    Args:
+        index: A folder from `index_from_shards` (it keeps the text hashes the same-text guard reads).
+        pairs: JSONL or Parquet files of `query_column` and `positive_column` (an id in the index).
+        out: A new folder (or one ragtune made) for the Parquet results.
+        num_negatives, range_min, range_max: As `ragtune mine --strategy hard`.
+        nprobe: Cells searched per query in an IVF-PQ index.
+
+    Returns:
+        The output folder.
+    """
+    import faiss
+    import ray
+
+    engine = _engine()
+    index, out = Path(index), Path(out)
+    paths = [str(Path(p).resolve()) for p in pairs]
+    claim_folder(out, "mined shards", paths + [str(index)])
+    blob = ray.put(faiss.serialize_index(faiss.read_index(str(index / "index.faiss"))))
+    actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    settings = {
+        "num_negatives": num_negatives,
+        "range_min": range_min,
+        "range_max": range_max,
+        "extra": 8,  # room for the positive and copies of it
+        "nprobe": nprobe,
+        "batch_size": 64,
+    }
+    with replace_folder(out, "mined shards") as new:
+        _read(paths, [query_column, positive_column]).map_batches(
+            _MineRows,
+            fn_constructor_args=(str(index), blob, settings, (query_column, positive_column)),
+            batch_size=_ROWS_PER_BLOCK,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
+        ).write_parquet(str(new), ray_remote_args={"num_cpus": 0})
+    return out
