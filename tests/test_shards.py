@@ -57,6 +57,31 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
         mine_from_shards(exact, [pairs], tmp_path / "negatives")
         with pytest.raises(RagtuneError, match="no such file"):
             embed_shards(encoder, [tmp_path / "missing.jsonl"], tmp_path / "shards-2")
+        no_text = write_jsonl(tmp_path / "no-text.jsonl", [{"id": "a", "body": "x"}])
+        with pytest.raises(RagtuneError, match=r"no-text.jsonl: no column 'text' \(columns: body, id\)"):
+            embed_shards(encoder, [no_text], tmp_path / "shards-2")
+        # A later row without an id: found by the worker that reads it, reported as one line naming the file.
+        holed = write_jsonl(tmp_path / "holed.jsonl", [{"id": "a", "text": "x"}, {"text": "y"}])
+        with pytest.raises(RagtuneError, match="holed.jsonl: a row has no 'id'"):
+            embed_shards(encoder, [holed], tmp_path / "shards-2")
+        stranger = write_jsonl(tmp_path / "stranger.jsonl", [{"query": "q", "positive_id": "nowhere"}])
+        with pytest.raises(RagtuneError, match="stranger.jsonl: positive id 'nowhere' is not in the index"):
+            mine_from_shards(exact, [stranger], tmp_path / "negatives-2")
+
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    folder = tmp_path / "corpus-folder"  # the CLI takes a folder of corpus files too
+    folder.mkdir()
+    for f in corpus:
+        (folder / f.name).write_bytes(f.read_bytes())
+    command = ["index", str(tiny_model), str(folder), "--out", str(tmp_path / "index-cli")]
+    refused = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli"), "--add"])
+    assert isinstance(refused.exception, RagtuneError)  # `ragtune` prints it as one line, exit 2
+    assert "--shards builds a new dense index" in str(refused.exception)
+    done = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])
+    assert done.exit_code == 0 and f"indexed {len(ids)} documents" in done.output, done.output
 
     assert shards.meta["count"] == len(ids) and len(shards.files) >= 2
     table = [r for f in shards.files for r in pq.read_table(f).to_pylist()]
@@ -71,6 +96,8 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
     queries = [data.queries[r["query_id"]] for r in mined[:50]]
     found = [[h.id for h in q] for q in search_index(exact, queries, 10, show_progress=False)]
     assert found == [[h.id for h in q] for q in search_index(local, queries, 10, show_progress=False)]
+    from_cli = search_index(tmp_path / "index-cli", queries, 10, show_progress=False)
+    assert found == [[h.id for h in q] for q in from_cli]
     built = json.loads((compressed / "index.json").read_text())
     assert built["faiss"].startswith("ivf")
     approx = search_index(compressed, queries, 10, show_progress=False)

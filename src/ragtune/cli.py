@@ -604,6 +604,13 @@ def index_cmd(
     rrf: FuseRrfOpt = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    shards: Annotated[
+        Path | None,
+        typer.Option(
+            help="Encode on Ray into Parquet embedding shards in this folder and index from them; the corpus "
+            "(a file or a folder of .jsonl/.parquet files) never loads here. Dense search only; IVF-PQ from 1M."
+        ),
+    ] = None,
 ) -> None:
     """Encode a corpus into a persisted FAISS index plus a BM25 index and a document store (ids, texts, metadata),
     or into a vector store (--store) as a new collection, checked (--check) and promoted without downtime.
@@ -647,6 +654,15 @@ def index_cmd(
         raise RagtuneError("give MODEL, CORPUS and --out (or --store URI)")
     if stage or promote or rollback or collection or check or force:
         raise RagtuneError("--stage, --promote, --rollback, --collection, --check and --force are for --store")
+    if shards is not None:
+        from ragtune.shards import index_through_shards
+
+        if add or fusion:
+            raise RagtuneError("--shards builds a new dense index: no --add, --weight or --rrf")
+        with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
+            count = index_through_shards(encoder, corpus, shards, out, text_column, id_column)
+        typer.echo(f"indexed {count} documents into {out} (embedding shards in {shards})")
+        return
     with _shown(), engine_for(engine):
         index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column, fusion)
     if add:

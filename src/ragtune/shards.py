@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,13 +65,62 @@ def _read(paths: list[str], columns: list[str]):
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise RagtuneError(f"{missing[0]}: no such file")
+    for p in paths:
+        _check_columns(p, columns)
     # Reading takes no CPU slot: on a small cluster the actors hold every CPU, and reads waiting for one would stall.
     # Two reads at a time keep the actors fed without a worker process per file.
     if all(p.endswith(".parquet") for p in paths):
-        return ray.data.read_parquet(paths, columns=columns, num_cpus=0, concurrency=2)
-    if all(p.endswith((".jsonl", ".json")) for p in paths):
-        return ray.data.read_json(paths, lines=True, num_cpus=0, concurrency=2).select_columns(columns)
-    raise RagtuneError(f"{paths[0]}: shards are read from .jsonl or .parquet files, all of one kind")
+        found = ray.data.read_parquet(paths, columns=columns, num_cpus=0, concurrency=2, include_paths=True)
+    elif all(p.endswith((".jsonl", ".json")) for p in paths):
+        found = ray.data.read_json(paths, lines=True, num_cpus=0, concurrency=2, include_paths=True)
+    else:
+        raise RagtuneError(f"{paths[0]}: shards are read from .jsonl or .parquet files, all of one kind")
+    return found.select_columns([*columns, "path"])
+
+
+def _check_columns(path: str, columns: list[str]) -> None:
+    """The first row (JSONL) or the schema (Parquet) names every column: a one-line error here, not a Ray
+    traceback from a worker later."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(path).names)
+    else:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        try:
+            names = set(json.loads(first)) if first.strip() else set()
+        except (json.JSONDecodeError, TypeError):
+            raise RagtuneError(f"{path}: line 1 is not a JSON object") from None
+    absent = [c for c in columns if c not in names]
+    if absent:
+        raise RagtuneError(f"{path}: no column {absent[0]!r} (columns: {', '.join(sorted(names)) or 'none'})")
+
+
+def _complete(rows: dict, columns: tuple) -> None:
+    """Every row has each column: a missing id or text is an error naming the file, never a passage "None"."""
+    for column in columns:
+        for value, path in zip(rows[column], rows["path"], strict=True):
+            if value is None or value != value:  # Ray's numpy batches hold a JSON null as NaN
+                raise RagtuneError(f"{path}: a row has no {column!r}")
+
+
+@contextmanager
+def _cluster_errors():
+    """A RagtuneError raised in a Ray worker reaches the caller as itself (one line), not wrapped in Ray's."""
+    try:
+        yield
+    except Exception as err:
+        cause = getattr(err, "cause", None) or err.__cause__
+        while cause is not None and not isinstance(cause, RagtuneError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if cause is not None:
+            raise RagtuneError(str(cause)) from None
+        # Ray Data wraps a failing UDF's error in a UserCodeException that keeps the original only as traceback text.
+        found = re.findall(r"ragtune\.errors\.RagtuneError: (.+)", str(err))
+        if not found:
+            raise
+        raise RagtuneError(found[-1].strip()) from None
 
 
 class _EncodeRows:
@@ -84,6 +135,7 @@ class _EncodeRows:
     def __call__(self, rows: dict):
         import pyarrow as pa
 
+        _complete(rows, (self.id_column, self.text_column))
         texts = [str(t) for t in rows[self.text_column]]
         vectors = _encode_sorted(self.model, texts, self.batch_size)
         # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
@@ -154,7 +206,8 @@ def embed_shards(
             num_cpus=0 if engine.gpus else 1,
             num_gpus=engine.gpus or None,
         )
-        found.write_parquet(str(new), max_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+        with _cluster_errors():
+            found.write_parquet(str(new), max_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
         count, dim = _count_and_dim(sorted(new.glob("*.parquet")))
         meta = {
             **encoder.identity(),
@@ -165,6 +218,32 @@ def embed_shards(
         write_json(new / SHARDS_META, meta)
     log.info("%d passages encoded into %s", count, out)
     return Shards(out, meta)
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """A corpus file, or a folder's `.jsonl`/`.parquet` files (one kind), sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(f for f in path.iterdir() if f.suffix in (".jsonl", ".parquet"))
+    if not files:
+        raise RagtuneError(f"{path}: no .jsonl or .parquet files to read")
+    return files
+
+
+def index_through_shards(
+    encoder: Encoder,
+    corpus: str | Path,
+    shards: str | Path,
+    out: str | Path,
+    text_column: str = "text",
+    id_column: str = "id",
+) -> int:
+    """`ragtune index --shards`: encode `corpus` (a file or a folder of them) into shards on the Ray cluster, then
+    build the index in `out` from them. Returns how many passages were indexed."""
+    written = embed_shards(encoder, corpus_files(corpus), shards, text_column, id_column)
+    index_from_shards(written.folder, out)
+    return written.meta["count"]
 
 
 def _count_and_dim(files: list[Path]) -> tuple[int, int]:
@@ -312,11 +391,12 @@ class _MineRows:
         from ragtune.faiss_search import search_chunked
 
         s = self.settings
+        _complete(rows, (self.query_column, self.positive_column))
         queries = [str(q) for q in rows[self.query_column]]
         positives = [str(p) for p in rows[self.positive_column]]
-        unknown = [p for p in positives if p not in self.position]
+        unknown = [(p, path) for p, path in zip(positives, rows["path"], strict=True) if p not in self.position]
         if unknown:
-            raise RagtuneError(f"positive id {unknown[0]!r} is not in the index")
+            raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
         vectors = _encode_sorted(self.model, queries, s["batch_size"])
         # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
         _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"])
@@ -381,7 +461,7 @@ def mine_from_shards(
         "nprobe": nprobe,
         "batch_size": 64,
     }
-    with replace_folder(out, "mined shards") as new:
+    with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, [query_column, positive_column]).map_batches(
             _MineRows,
             fn_constructor_args=(str(index), blob, settings, (query_column, positive_column)),
