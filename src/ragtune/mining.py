@@ -88,10 +88,7 @@ def least_similar_assignment(
     if candidates is None:
         candidates = search(-row_vectors, min(k, len(corpus_vectors)))[1]
     walk = _Walk(row_vectors, corpus_vectors, forbidden, blocked or [None] * len(row_vectors), k, search, approximate)
-    if isinstance(candidates, screen.Screener):
-        walk.screener = candidates
-    else:
-        walk.first = candidates
+    walk.start_from(candidates)
     for i in track(range(len(row_vectors)), "least-similar walk", len(row_vectors), every=1024):
         walk.assign(i)
     return walk.chosen, walk.reused
@@ -114,6 +111,13 @@ class _Walk:
         self.used = np.zeros(len(corpus_vectors), dtype=bool)
         self.chosen: list[int] = []
         self.reused = 0  # rows that had to take an item already used: more rows than distinct passages
+
+    def start_from(self, candidates: np.ndarray | screen.Screener) -> None:
+        """Each row's first candidates (one search for all rows), or a screener for blocks of rows."""
+        if isinstance(candidates, screen.Screener):
+            self.screener = candidates
+        else:
+            self.first = candidates
 
     def assign(self, i: int) -> None:
         if self.screener is not None and i >= self.at + len(self.tentative):
