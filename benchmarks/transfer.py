@@ -4,8 +4,10 @@
         --output-json benchmarks/results/transfer.json --markdown benchmarks/results/transfer.md
 
 Each `--run NAME=FOLDER` is a finished `ragtune run` (its `results.json`); the command that made it is read from the
-run's resolved `config.yaml`. Every value comes with its 95% interval; the differences are tuned − base, paired over
-the same queries, with their interval and p.
+run's resolved `config.yaml`. `--append` keeps the rows already in `--output-json` (runs measured in earlier
+sessions, whose folders are gone) and adds or replaces the named ones; `--cpu` records where the new runs ran. Every
+value comes with its 95% interval; the differences are tuned − base, paired over the same queries, with their
+interval and p.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _diff(comparisons: list[dict], baseline: str = "base") -> dict:
     return {"delta": c["delta"], "ci": [c["ci_low"], c["ci_high"]], "p": c["p_value"]}
 
 
-def row(name: str, folder: Path) -> dict:
+def row(name: str, folder: Path, cpu: str) -> dict:
     results = json.loads((folder / "results.json").read_text())
     sets = {
         "own test split": {
@@ -46,9 +48,15 @@ def row(name: str, folder: Path) -> dict:
     return {
         "name": name,
         "run": str(folder),
+        "cpu": cpu,
         "training_pairs_by_source": results.get("training_pairs_by_source"),
         "sets": sets,
     }
+
+
+def _cpu_name() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.machine())
 
 
 def markdown(rows: list[dict]) -> str:
@@ -77,10 +85,17 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished run")
     parser.add_argument("--output-json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --output-json")
+    parser.add_argument("--cpu", default=_cpu_name(), help="the CPU the new runs ran on (default: this machine's)")
     args = parser.parse_args()
-    rows = [row(*item.split("=", 1)[:1], Path(item.split("=", 1)[1])) for item in args.run]
+    new = [row(*item.split("=", 1)[:1], Path(item.split("=", 1)[1]), args.cpu) for item in args.run]
+    rows = []
+    if args.append and args.output_json and args.output_json.exists():
+        named = {r["name"] for r in new}
+        rows = [r for r in json.loads(args.output_json.read_text())["rows"] if r["name"] not in named]
+    rows += new
     table = markdown(rows)
-    report({"cpu": platform.processor() or platform.machine(), "rows": rows, "table": table}, args.output_json)
+    report({"rows": rows, "table": table}, args.output_json)
     if args.markdown:
         args.markdown.write_text(table + "\n")
 

@@ -102,3 +102,19 @@ def test_ray_shards_benchmark_encodes_indexes_and_mines_every_row(tmp_path):
     peaks = result["driver_peak_rss_mb_by_stage"]
     assert result["driver_peak_rss_mb_before_cluster_work"] <= peaks["after_encode"] <= peaks["after_index"]
     assert peaks["after_index"] <= result["driver_peak_rss_mb_after"]
+    anon = result["driver_peak_anon_mb_by_stage"]
+    assert set(anon) == {"before", "encode", "index", "mine"} and all(v > 0 for v in anon.values())
+
+
+def test_shard_index_memory_benchmark_reports_each_size(tmp_path):
+    out = tmp_path / "memory.json"
+    command = [sys.executable, str(BENCHMARKS / "shard_index_memory.py"), "--passages", "4000", "8000"]
+    subprocess.run([*command, "--output-json", str(out)], check=True, capture_output=True, text=True, cwd=BENCHMARKS)
+    result = json.loads(out.read_text())
+    assert [s["passages"] for s in result["sizes"]] == [4000, 8000]
+    for size in result["sizes"]:
+        assert size["float32_mb"] == round(size["passages"] * 32 * 4 / 2**20, 1)
+        # The lists file holds each passage's 16-byte code and 8-byte id (plus FAISS's per-list headroom).
+        assert 24 * size["passages"] / 2**20 <= size["lists_file_mb"] + 0.05
+        assert size["index"].startswith("ivf") and 0 < size["recall"] <= 1
+        assert size["anon_peak_growth_mb"] > 0 and size["rss_peak_growth_mb"] > 0

@@ -82,6 +82,10 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
     assert "--shards builds a new dense index" in str(refused.exception)
     done = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])
     assert done.exit_code == 0 and f"indexed {len(ids)} documents" in done.output, done.output
+    again = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])  # nothing new to encode
+    assert again.exit_code == 0 and f"{len(ids)} vectors reused" in again.output, again.output
+    mined_cli = CliRunner().invoke(app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-cli")])
+    assert mined_cli.exit_code == 0, mined_cli.output
 
     assert shards.meta["count"] == len(ids) and len(shards.files) >= 2
     table = [r for f in shards.files for r in pq.read_table(f).to_pylist()]
@@ -111,6 +115,8 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
     negatives = [r for f in sorted((tmp_path / "negatives").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert len(negatives) == len(mined)
     ours = {(r["query"], r["positive_id"]): r["negative_ids"] for r in negatives}
+    from_cli = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {(r["query"], r["positive_id"]): r["negative_ids"] for r in from_cli} == ours  # the command is the API
     theirs = {(data.queries[r["query_id"]], r["positive_id"]): r["negative_ids"] for r in mined}
     assert ours.keys() == theirs.keys()
     # The same negatives, except where two candidates tie to float rounding: the cluster encodes queries in other
@@ -122,3 +128,61 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
     for v, key in zip(query_vectors, differ, strict=True):
         (mine,), (reference,) = ours[key], theirs[key]
         assert abs(float(v @ alone[at[mine]]) - float(v @ alone[at[reference]])) < 1e-5, key
+
+
+def _shard_rows(folder) -> dict[str, dict]:
+    return {r["id"]: r for f in sorted(folder.glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+
+
+@pytest.mark.slow  # starts a Ray cluster (~15 s)
+def test_a_rerun_encodes_only_new_texts_and_takes_the_rest_from_earlier_shards(tiny_model, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from ragtune.ray_engine import ray_engine
+    from ragtune.shards import SHARDS_META, embed_shards
+
+    words = ["heart", "kidney", "dose", "blood", "liver", "trial", "risk", "study"]
+    texts = [f"passage {i} on the {words[i % 8]} and the {words[i % 5]}" for i in range(300)]
+    texts[7] = texts[3]  # one text under two ids: earlier shards hold its sha1 twice
+    first = write_jsonl(tmp_path / "a.jsonl", [{"id": f"p{i}", "text": t} for i, t in enumerate(texts)])
+    edited = {i: texts[i] + " (revised)" for i in range(0, 300, 30)}
+    second = [
+        write_jsonl(tmp_path / "a2.jsonl", [{"id": f"p{i}", "text": edited.get(i, t)} for i, t in enumerate(texts)]),
+        write_jsonl(tmp_path / "b.jsonl", [{"id": f"n{i}", "text": f"a new passage {i} on sleep"} for i in range(40)]),
+    ]
+    encoder = Encoder(str(tiny_model), tmp_path / "cache", show_progress=False)
+    with ray_engine(actors=2):
+        earlier = embed_shards(encoder, [first], tmp_path / "shards", rows_per_file=100)
+        # Planted: the earlier vectors negated, under the same model's name. What comes back negated was reused.
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        for f in earlier.files:
+            table = pq.read_table(f)
+            flipped = pa.FixedSizeListArray.from_arrays(
+                pa.compute.negate(table.column("vector").combine_chunks().flatten()), 32
+            )
+            pq.write_table(
+                table.set_column(table.schema.get_field_index("vector"), "vector", flipped), planted / f.name
+            )
+        shutil.copy(earlier.folder / SHARDS_META, planted / SHARDS_META)
+        rerun = embed_shards(encoder, second, tmp_path / "shards-2", reuse=planted)
+        again = embed_shards(encoder, [first], tmp_path / "shards")  # into its own folder: every vector reused
+        other = json.loads((planted / SHARDS_META).read_text()) | {"model_fingerprint": "another"}
+        (planted / SHARDS_META).write_text(json.dumps(other))
+        with pytest.raises(RagtuneError, match="not this model's to reuse"):
+            embed_shards(encoder, second, tmp_path / "shards-3", reuse=planted)
+
+    before, after = _shard_rows(earlier.folder), _shard_rows(rerun.folder)
+    assert sorted(after) == sorted([f"p{i}" for i in range(300)] + [f"n{i}" for i in range(40)])  # no row twice
+    assert rerun.meta["count"] == 340 and rerun.meta["reused"] == 300 - len(edited)
+    fresh = [i for i in after if i.startswith("n") or int(i[1:]) in edited]
+    alone = dict(zip(fresh, encoder.encode([after[i]["text"] for i in fresh]), strict=True))
+    for i, row in after.items():
+        if i in alone:
+            assert not row["reused"] and np.abs(np.array(row["vector"]) - alone[i]).max() < 1e-5, i
+        else:
+            assert row["reused"] and np.array_equal(np.array(row["vector"]), -np.array(before[i]["vector"])), i
+    assert again.meta["reused"] == again.meta["count"] == 300
+    assert all(np.array_equal(r["vector"], before[i]["vector"]) for i, r in _shard_rows(again.folder).items())

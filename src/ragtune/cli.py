@@ -608,7 +608,8 @@ def index_cmd(
         Path | None,
         typer.Option(
             help="Encode on Ray into Parquet embedding shards in this folder and index from them; the corpus "
-            "(a file or a folder of .jsonl/.parquet files) never loads here. Dense search only; IVF-PQ from 1M."
+            "(a file or a folder of .jsonl/.parquet files) never loads here; a rerun encodes only new or changed "
+            "texts. Dense search only; IVF-PQ from 1M."
         ),
     ] = None,
 ) -> None:
@@ -660,8 +661,9 @@ def index_cmd(
         if add or fusion:
             raise RagtuneError("--shards builds a new dense index: no --add, --weight or --rrf")
         with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
-            count = index_through_shards(encoder, corpus, shards, out, text_column, id_column)
-        typer.echo(f"indexed {count} documents into {out} (embedding shards in {shards})")
+            written = index_through_shards(encoder, corpus, shards, out, text_column, id_column)
+        count, reused = written.meta["count"], written.meta["reused"]
+        typer.echo(f"indexed {count} documents into {out} (embedding shards in {shards}: {reused} vectors reused)")
         return
     with _shown(), engine_for(engine):
         index, added, seen = index_corpus(encoder, corpus, out, add, text_column, id_column, fusion)
@@ -669,6 +671,32 @@ def index_cmd(
         typer.echo(f"added {added} new documents ({seen - added} already indexed); {out} holds {len(index.documents)}")
         return
     typer.echo(f"indexed {len(index.documents)} documents into {out}")
+
+
+@app.command("mine-shards")
+def mine_shards_cmd(
+    index: Annotated[Path, typer.Argument(help="An index built from embedding shards (`ragtune index --shards`).")],
+    pairs: Annotated[list[Path], typer.Argument(help="JSONL or Parquet files of (query, positive id) rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for Parquet files of negatives.")],
+    num_negatives: Annotated[int, typer.Option(help="Negatives per row.")] = 1,
+    range_min: Annotated[int, typer.Option(help="Skip this many top candidates.")] = 0,
+    range_max: Annotated[int, typer.Option(help="Consider candidates up to this rank.")] = 30,
+    nprobe: Annotated[int, typer.Option(help="IVF-PQ index: cells searched per query.")] = 32,
+    query_column: Annotated[str, typer.Option(help="Column holding the query text.")] = "query",
+    positive_column: Annotated[str, typer.Option(help="Column holding the positive passage's id.")] = "positive_id",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Hard negatives for (query, positive id) files, mined on a Ray cluster by actors holding the model and the index;
+    ragtune's process never holds the pairs or the corpus. No splits, groups or margins: `ragtune mine` does those."""
+    from ragtune.config import EngineConfig
+    from ragtune.ray_engine import engine_for
+    from ragtune.shards import mine_from_shards
+
+    with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
+        done = mine_from_shards(
+            index, pairs, out, query_column, positive_column, num_negatives, range_min, range_max, nprobe
+        )
+    typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
 
 
 @app.command("export")

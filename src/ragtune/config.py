@@ -26,6 +26,7 @@ Adapter = Literal["none", "lora"]
 Precision = Literal["fp32", "bf16", "fp16"]
 SynthMethod = Literal["title", "ict", "crop"]
 AdaptMethod = Literal["pseudo", "ict", "crop", "title"]
+RewriteStyle = Literal["keywords", "lower", "typo"]
 
 
 class Settings(BaseModel):
@@ -209,6 +210,11 @@ class TrainConfig(Settings):
     )
     gather_across_devices: bool = Field(
         True, description="Several processes (torchrun): every rank's batch is a negative for every other's."
+    )
+    query_rewrites: list[RewriteStyle] = Field(
+        [],
+        description="Also train on each train question rewritten as users type: keywords, lower (no template "
+        "punctuation), typo (one letter off). Train split only; one extra row per style that changes the question.",
     )
     group_by_length: bool = Field(
         False, description="Batch rows of similar length (less padding), still without a repeated text per batch."

@@ -3,6 +3,8 @@ validation and serving share, so ties and excluded items are handled one way eve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ragtune.embeddings import ENGINE
@@ -19,6 +21,14 @@ def flat_index(vectors: np.ndarray):
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
+
+
+def read_index(path: Path | str):
+    """A FAISS index file. An index whose inverted lists live in a file beside it (IVF-PQ built from shards) finds
+    them in the same folder wherever the folder has moved to, and maps them rather than reading them into memory."""
+    import faiss
+
+    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def search_chunked(

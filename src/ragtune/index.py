@@ -13,7 +13,7 @@ from ragtune.bm25 import Bm25
 from ragtune.data import Document, load_documents
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
-from ragtune.faiss_search import flat_index, search_chunked
+from ragtune.faiss_search import flat_index, read_index, search_chunked
 from ragtune.hybrid import Fusion, fuse_one
 from ragtune.outputs import check_no_overlap, claim_folder, recover_folder, replace_folder, write_json, write_jsonl
 
@@ -64,8 +64,6 @@ class Index:
 
     @classmethod
     def load(cls, folder: str | Path) -> Index:
-        import faiss
-
         folder = Path(folder)
         recover_folder(folder)
         if not (folder / INDEX_META).exists():
@@ -73,7 +71,7 @@ class Index:
         meta = json.loads((folder / INDEX_META).read_text())
         with (folder / "docs.jsonl").open(encoding="utf-8") as f:
             documents = [Document(**json.loads(line)) for line in f]
-        vectors = faiss.read_index(str(folder / "index.faiss"))
+        vectors = read_index(folder / "index.faiss")
         if vectors.ntotal != len(documents):
             raise RagtuneError(f"{folder}: {vectors.ntotal} vectors but {len(documents)} documents; rebuild the index")
         bm25 = Bm25.load(folder / "bm25") if (folder / "bm25").is_dir() else None
@@ -101,6 +99,11 @@ class Index:
 
     def add(self, encoder: Encoder, documents: list[Document]) -> int:
         """Append documents whose ids are new; old vectors are never re-encoded. Returns how many were added."""
+        if "lists" in self.meta:
+            raise RagtuneError(
+                f"{self.folder} was built from embedding shards (its lists are a file beside it): add the new "
+                "passages to the corpus files and rebuild it with `ragtune index --shards`"
+            )
         self.check_model(encoder)
         new = [d for d in documents if d.id not in self.position]
         if new:
@@ -168,13 +171,18 @@ class Index:
 
     def search(self, query_vectors: np.ndarray, k: int = 10, filters: dict | None = None) -> list[list[Hit]]:
         """Dense top-k per query; `filters` keeps documents whose metadata equals every given value."""
-        if not filters:
-            scores, found = search_chunked(self.vectors, query_vectors, k)
+        allowed = self._allowed(filters) if filters else None
+        ivf = hasattr(self.vectors, "nprobe")  # IVF-PQ (from shards): no vectors to hand back, its own filtered search
+        if allowed is None or ivf:
+            exclude = None
+            if allowed is not None:
+                exclude = np.ones(len(self.documents), dtype=bool)
+                exclude[allowed] = False
+            scores, found = search_chunked(self.vectors, query_vectors, k, exclude)
             return [
                 [self._hit(j, s) for s, j in zip(sc, fo, strict=True) if j >= 0]
                 for sc, fo in zip(scores, found, strict=True)
             ]
-        allowed = self._allowed(filters)
         # Exact: score only the allowed documents (the flat index can hand their vectors back).
         candidates = self.vectors.reconstruct_batch(allowed) if len(allowed) else np.zeros((0, self.meta["dim"]))
         scores = candidates @ np.asarray(query_vectors, dtype=np.float32).T

@@ -3,10 +3,11 @@ negatives mined over that index, with this process holding neither the corpus no
 
 - `embed_shards`: Ray Data reads JSONL/Parquet corpus files on the cluster, an actor pool (one model copy each)
   encodes them, and the cluster writes Parquet shards of (id, text, sha1 of the text, vector). Nothing passes
-  through this process.
+  through this process. Texts that earlier shards of the same model hold are joined in by their sha1, not encoded.
 - `index_from_shards`: a `ragtune index` folder built from the shards one file at a time: exact (FAISS flat) below
-  `ivf_pq_from` passages, else IVF-PQ trained on a seeded sample, with its recall@10 against exact search measured
-  (this process then holds the sample and the compressed codes, not the float32 vectors).
+  `ivf_pq_from` passages, else IVF-PQ trained on a seeded sample, with its recall@10 against exact search measured;
+  its inverted lists are merged from per-shard parts into a file that readers memory-map, so this process holds the
+  sample and one shard's codes, never all of them.
 - `mine_from_shards`: hard negatives for (query, positive id) files, as Ray Data over actors that each hold the
   model and a copy of the index: the same picks as `ragtune mine --strategy hard` where the index is exact.
 """
@@ -17,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from ragtune.outputs import claim_folder, replace_folder, write_json
 log = logging.getLogger(__name__)
 
 SHARDS_META = "shards.json"
+IVF_DATA = "lists.ivfdata"  # an IVF-PQ index from shards: its inverted lists, memory-mapped by every reader
 SHA1_FILE = "sha1.bin"  # an index from shards: the sha1 of each passage's text, 20 bytes each, in vector order
 _ROWS_PER_BLOCK = 4096  # rows one actor call encodes (sorted by length inside, so batches pad little)
 
@@ -123,30 +126,67 @@ def _cluster_errors():
         raise RagtuneError(found[-1].strip()) from None
 
 
+def _hash_rows(rows, columns: tuple):
+    """(id, text, sha1 of the text) as strings from a block of the corpus files; a row without an id or a text is an
+    error naming its file."""
+    import pyarrow as pa
+
+    found = {c: rows.column(c).to_pylist() for c in (*columns, "path")}
+    _complete(found, columns)
+    texts = [str(t) for t in found[columns[1]]]
+    return pa.table(
+        {
+            "id": [str(i) for i in found[columns[0]]],
+            "text": texts,
+            "sha1": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
+        }
+    )
+
+
 class _EncodeRows:
-    """Actor: the model loaded once; each block of rows sorted by length and encoded `batch_size` at a time."""
+    """Actor: the model loaded once. Each block (corpus rows, or rows already hashed and joined with earlier shards'
+    vectors) has its rows without a vector sorted by length and encoded `batch_size` at a time."""
 
     def __init__(self, model: str, max_seq_length: int | None, backend: str, batch_size: int, columns: tuple):
         from ragtune.embeddings import load_model
 
         self.model = load_model(model, max_seq_length, backend=backend)
-        self.batch_size, (self.id_column, self.text_column) = batch_size, columns
+        self.batch_size, self.columns = batch_size, columns
 
-    def __call__(self, rows: dict):
+    def __call__(self, rows):
         import pyarrow as pa
 
-        _complete(rows, (self.id_column, self.text_column))
-        texts = [str(t) for t in rows[self.text_column]]
-        vectors = _encode_sorted(self.model, texts, self.batch_size)
+        if "sha1" not in rows.column_names:
+            rows = _hash_rows(rows, self.columns)
+        texts = rows.column("text").to_pylist()
+        dim = self.model.get_embedding_dimension()
+        vectors = np.zeros((len(texts), dim), dtype=np.float32)
+        reused = np.zeros(len(texts), dtype=bool)
+        if "vector" in rows.column_names:
+            reused = ~np.asarray(rows.column("vector").is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            if reused.any():
+                vectors[reused] = _vectors(rows.filter(pa.array(reused)))
+        todo = np.flatnonzero(~reused)
+        if len(todo):
+            vectors[todo] = _encode_sorted(self.model, [texts[i] for i in todo], self.batch_size)
         # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
         return pa.table(
             {
-                "id": [str(i) for i in rows[self.id_column]],
-                "text": texts,
-                "sha1": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+                "id": rows.column("id"),
+                "text": rows.column("text"),
+                "sha1": rows.column("sha1"),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+                "reused": pa.array(reused),
             }
         )
+
+
+def _known_vectors(shards: Shards):
+    """A Ray dataset of (sha1, vector) from earlier shards, one row per distinct text."""
+    import ray.data
+
+    found = ray.data.read_parquet([str(f) for f in shards.files], columns=["sha1", "vector"], num_cpus=0)
+    return found.groupby("sha1").map_groups(lambda group: group.slice(0, 1), batch_format="pyarrow")
 
 
 def _encode_sorted(model, texts: list[str], batch_size: int) -> np.ndarray:
@@ -170,8 +210,13 @@ def embed_shards(
     text_column: str = "text",
     id_column: str = "id",
     rows_per_file: int = 100_000,
+    reuse: str | Path | None = None,
 ) -> Shards:
     """Encode corpus files into Parquet embedding shards in `out`, on the active Ray engine's cluster.
+
+    Texts already encoded by the same model (fingerprint, truncation, backend) in earlier shards are not encoded
+    again: their vectors are joined in by the sha1 of the text (a Ray Data join, on the cluster), so a rerun over a
+    grown or edited corpus encodes only the new texts. Earlier shards are `reuse`, or else the shards already in `out`.
 
     Args:
         encoder: The model, truncation, backend and batch size (as `ragtune index` would encode with).
@@ -179,9 +224,11 @@ def embed_shards(
         out: A new folder (or one ragtune made) for `*.parquet` shards and `shards.json`.
         text_column, id_column: Where the text and the id are.
         rows_per_file: At most this many passages per shard file.
+        reuse: Shards whose vectors may be reused (default: `out`'s, when it holds shards of the same model).
 
     Returns:
-        The shards: their folder and `meta` (model, fingerprint, truncation, backend, dimension, count, inputs).
+        The shards: their folder and `meta` (model, fingerprint, truncation, backend, dimension, count, how many
+        vectors were reused, inputs).
     """
     import ray
 
@@ -189,35 +236,67 @@ def embed_shards(
     out = Path(out)
     paths = [str(Path(p).resolve()) for p in corpus]
     claim_folder(out, "shards", paths)
+    earlier = _earlier_shards(Path(reuse) if reuse is not None else out, encoder, explicit=reuse is not None)
     actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     with replace_folder(out, "shards") as new:
-        found = _read(paths, [id_column, text_column]).map_batches(
+        columns = (id_column, text_column)
+        rows = _read(paths, list(columns))
+        if earlier is not None:
+            # Hashed and joined before the encoders exist: the join's shuffle tasks need a CPU each, which encoding
+            # actors would hold while waiting for its output. The result stays on the cluster (object store,
+            # spilled to disk when large), never in this process.
+            hashed = rows.map_batches(_hash_rows, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+            joined = hashed.join(_known_vectors(earlier), "left_outer", num_partitions=2 * actors, on=("sha1",))
+            with _cluster_errors():
+                rows = joined.materialize()
+        found = rows.map_batches(
             _EncodeRows,
             fn_constructor_kwargs={
                 "model": encoder.model_name,
                 "max_seq_length": encoder.max_seq_length,
                 "backend": encoder.backend,
                 "batch_size": encoder.batch_size,
-                "columns": (id_column, text_column),
+                "columns": columns,
             },
             batch_size=_ROWS_PER_BLOCK,
-            batch_format="numpy",
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=0 if engine.gpus else 1,
             num_gpus=engine.gpus or None,
         )
         with _cluster_errors():
             found.write_parquet(str(new), max_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
-        count, dim = _count_and_dim(sorted(new.glob("*.parquet")))
-        meta = {
-            **encoder.identity(),
-            "dim": dim,
-            "count": count,
-            "corpus": paths,
-        }
+        files = sorted(new.glob("*.parquet"))
+        count, dim = _count_and_dim(files)
+        reused = _count_reused(files)
+        meta = {**encoder.identity(), "dim": dim, "count": count, "reused": reused, "corpus": paths}
         write_json(new / SHARDS_META, meta)
-    log.info("%d passages encoded into %s", count, out)
+    log.info("%d passages in %s: %d encoded, %d vectors reused", count, out, count - reused, reused)
     return Shards(out, meta)
+
+
+def _earlier_shards(folder: Path, encoder: Encoder, explicit: bool) -> Shards | None:
+    """Shards in `folder` whose vectors `encoder` would give again; None when there are none (or another model's,
+    unless the caller named them: then that is an error)."""
+    if not (folder / SHARDS_META).is_file():
+        if explicit:
+            raise RagtuneError(f"{folder}: no embedding shards to reuse (no {SHARDS_META})")
+        return None
+    shards = Shards.load(folder)
+    identity = encoder.identity()
+    same = all(shards.meta.get(k) == v for k, v in identity.items() if k != "model")
+    if not same and explicit:
+        raise RagtuneError(
+            f"{folder}: shards of model {shards.meta.get('model')} with other weights, truncation or backend: their "
+            "vectors are not this model's to reuse"
+        )
+    return shards if same and shards.files else None
+
+
+def _count_reused(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(int(pq.read_table(f, columns=["reused"]).column("reused").to_numpy().sum()) for f in files)
 
 
 def corpus_files(path: str | Path) -> list[Path]:
@@ -238,12 +317,12 @@ def index_through_shards(
     out: str | Path,
     text_column: str = "text",
     id_column: str = "id",
-) -> int:
-    """`ragtune index --shards`: encode `corpus` (a file or a folder of them) into shards on the Ray cluster, then
-    build the index in `out` from them. Returns how many passages were indexed."""
+) -> Shards:
+    """`ragtune index --shards`: encode `corpus` (a file or a folder of them) into shards on the Ray cluster (texts
+    the shards already hold keep their vectors), then build the index in `out` from them. Returns the shards."""
     written = embed_shards(encoder, corpus_files(corpus), shards, text_column, id_column)
     index_from_shards(written.folder, out)
-    return written.meta["count"]
+    return written
 
 
 def _count_and_dim(files: list[Path]) -> tuple[int, int]:
@@ -259,15 +338,22 @@ def _count_and_dim(files: list[Path]) -> tuple[int, int]:
     return count, dim
 
 
-def _batches(shards: Shards, columns: list[str], batch_size: int = 4096):
+def _batches(shards: Shards, columns: list[str]):
+    for f in shards.files:
+        yield from _file_batches(f, columns)
+
+
+def _file_batches(file: Path, columns: list[str]):
     import pyarrow.parquet as pq
 
-    for f in shards.files:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+    return pq.ParquetFile(file).iter_batches(batch_size=4096, columns=columns)
 
 
 def _vectors(batch) -> np.ndarray:
+    """A record batch's or a table's `vector` column as a float32 matrix."""
     column = batch.column("vector")
+    if hasattr(column, "combine_chunks"):  # a table's column is chunked
+        column = column.combine_chunks()
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32, copy=False)
 
 
@@ -293,6 +379,7 @@ def index_from_shards(
         The index folder.
     """
     import faiss
+    from faiss.contrib.ondisk import merge_ondisk
 
     from ragtune.index import INDEX_META
 
@@ -315,20 +402,66 @@ def index_from_shards(
     with replace_folder(out, "index") as new:
         # Documents and text hashes (20 bytes each, what mining's same-text guard reads) go straight to disk.
         with (new / "docs.jsonl").open("w", encoding="utf-8") as docs, (new / SHA1_FILE).open("wb") as hashes:
-            for batch in _batches(source, ["id", "text", "sha1", "vector"]):
-                index.add(_vectors(batch))
-                for i, t in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist(), strict=True):
-                    docs.write(json.dumps({"id": i, "text": t, "metadata": {}}, ensure_ascii=False) + "\n")
-                hashes.write(b"".join(bytes.fromhex(h) for h in batch.column("sha1").to_pylist()))
+            parts = _add_shards(index, source, new / "parts", docs, hashes, on_disk=kind != "flat")
         if kind != "flat":
-            faiss.extract_index_ivf(index).make_direct_map()  # filtered search reconstructs the allowed vectors
+            # The shards' lists merged into one memory-mapped file: this process never holds every code at once,
+            # nor does a searcher (readers open it with IO_FLAG_ONDISK_SAME_DIR, so the folder may move).
+            with _c_stdout_silenced():
+                merge_ondisk(index, [str(p) for p in parts], str(new / IVF_DATA))
+            shutil.rmtree(new / "parts")
         faiss.write_index(index, str(new / "index.faiss"))
         meta = {k: source.meta[k] for k in ("model", "model_fingerprint", "max_seq_length", "backend", "dim")}
         meta.update(count=n, similarity="cosine", faiss=kind, source=str(shards))
         if kind != "flat":
+            meta["lists"] = IVF_DATA
             meta["recall@10_vs_exact"] = round(_recall(index, source, sample[:_RECALL_QUERIES]), 4)
         write_json(new / INDEX_META, meta)
     return out
+
+
+@contextmanager
+def _c_stdout_silenced():
+    """FAISS's on-disk lists printf a "resizing FILE to N bytes" line to the process' stdout, below Python, where it
+    would land in the CLI's output: file descriptor 1 points at /dev/null meanwhile."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _add_shards(index, source: Shards, parts_folder: Path, docs, hashes, on_disk: bool) -> list[Path]:
+    """Add every shard's vectors to `index`, or (on_disk) each shard's to its own copy of the trained, empty index,
+    written to `parts_folder` and dropped before the next: the parts merge_ondisk then joins. Returns the parts."""
+    import faiss
+
+    parts, start = [], 0
+    if on_disk:
+        parts_folder.mkdir()
+    for number, file in enumerate(source.files):
+        part = faiss.clone_index(index) if on_disk else index
+        for batch in _file_batches(file, ["id", "text", "sha1", "vector"]):
+            vectors = _vectors(batch)
+            if on_disk:  # global positions, so the merged lists keep the shards' order
+                part.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+            else:
+                part.add(vectors)
+            start += len(vectors)
+            for i, t in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist(), strict=True):
+                docs.write(json.dumps({"id": i, "text": t, "metadata": {}}, ensure_ascii=False) + "\n")
+            hashes.write(b"".join(bytes.fromhex(h) for h in batch.column("sha1").to_pylist()))
+        if on_disk:
+            parts.append(parts_folder / f"{number:05d}.faiss")
+            faiss.write_index(part, str(parts[-1]))
+            del part
+    return parts
 
 
 _RECALL_QUERIES = 200  # sampled passages used as queries to measure a compressed index against exact search
@@ -447,11 +580,15 @@ def mine_from_shards(
     import faiss
     import ray
 
+    from ragtune.faiss_search import read_index
+
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
     claim_folder(out, "mined shards", paths + [str(index)])
-    blob = ray.put(faiss.serialize_index(faiss.read_index(str(index / "index.faiss"))))
+    # An on-disk index serializes as a reference to its lists file: actors map that file (a shared filesystem, as
+    # for the docs they read), they do not get copies of it.
+    blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
     actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     settings = {
         "num_negatives": num_negatives,

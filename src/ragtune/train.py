@@ -257,6 +257,26 @@ def _training_columns(ds, use_negatives: bool):
     return ds.select_columns(columns)
 
 
+def _with_rewrites(ds, styles: list[str]):
+    """`ds` plus one row per (row, style) whose rewritten question differs: same positive, same negatives."""
+    import datasets
+
+    from ragtune.rewrite import rewrite
+
+    if not styles:
+        return ds
+    extra = []
+    for row in ds:
+        for style in styles:
+            query = rewrite(row["query"], style)
+            if query is not None:
+                extra.append({**row, "query": query})
+    log.info("query rewrites %s: %d rows added to %d", styles, len(extra), len(ds))
+    if not extra:
+        return ds
+    return datasets.concatenate_datasets([ds, datasets.Dataset.from_list(extra, features=ds.features)])
+
+
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest checkpoint the trainer finished writing. It writes trainer_state.json last, so a folder without a
     readable one was cut off mid-save (a crash or kill while saving) and is skipped with a warning; transformers'
@@ -392,7 +412,7 @@ def train(
     splits = datasets.load_from_disk(str(data_dir))
     if "train" not in splits or len(splits["train"]) == 0:
         raise RagtuneError(f"{data_dir}: no train rows to fine-tune on")
-    train_ds = _training_columns(splits["train"], config.use_negatives)
+    train_ds = _with_rewrites(_training_columns(splits["train"], config.use_negatives), config.query_rewrites)
     model = load_training_model(base_model, config)
     if config.adapter == "lora":
         add_lora(model, config)
