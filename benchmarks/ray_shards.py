@@ -7,7 +7,8 @@ Synthetic passages (20 to 120 words, fixed seed) are written as JSONL files, plu
 `ragtune.shards` encodes them into Parquet shards, builds the index from the shards (IVF-PQ from `--ivf-pq-from`
 passages) and mines one hard negative per query. The same machine then encodes `--compare` passages in one process
 (torch on every core) for the throughput ratio. The driver's peak RSS is read before the cluster work and after;
-the model is a 2-layer, 32-wide random BERT (`--tiny`, as the tests use) or any model path.
+the model is a 2-layer, 32-wide random BERT (`--model tiny`, as the tests use; `--tiny-dim 384` adds a random
+projection so its vectors are as wide as all-MiniLM-L6-v2's) or any model path.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class AnonPeak:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="'tiny' (random 2-layer BERT), 'default', or a path")
+    parser.add_argument("--tiny-dim", type=int, help="tiny: project its vectors to this many dimensions")
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--query-every", type=int, default=10)
@@ -96,7 +98,7 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from conftest import build_tiny_bert
 
-            model = str(build_tiny_bert(tmp, layers=2))
+            model = str(build_tiny_bert(tmp, layers=2, dim=args.tiny_dim))
         start = time.perf_counter()
         corpus, queries = write_corpus(tmp, args.passages, args.files, args.query_every)
         write_s = time.perf_counter() - start
@@ -133,6 +135,7 @@ def main() -> None:
     report(
         {
             "model": args.model,
+            "dim": encoder.model.get_embedding_dimension(),
             "passages": args.passages,
             "cpu": cpu_name(),
             "cores": os.cpu_count(),

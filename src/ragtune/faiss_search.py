@@ -3,6 +3,9 @@ validation and serving share, so ties and excluded items are handled one way eve
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,23 @@ def read_index(path: Path | str):
     them in the same folder wherever the folder has moved to, and maps them rather than reading them into memory."""
     import faiss
 
-    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    with faiss_stdout_silenced():  # "updating ondisk filename from ... to ...": not for `ragtune search --json`
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+
+
+@contextmanager
+def faiss_stdout_silenced():
+    """FAISS's on-disk inverted lists printf progress ("resizing FILE to N bytes") to the process' stdout, below
+    Python, where it would land in the CLI's output: file descriptor 1 points at /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def search_chunked(

@@ -265,7 +265,14 @@ def embed_shards(
             num_gpus=engine.gpus or None,
         )
         with _cluster_errors():
-            found.write_parquet(str(new), max_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+            # Row groups of one block: a reader (the index build, each mining actor) holds one group at a time, and
+            # Ray's default (a group per file) would make that a whole file's vectors.
+            found.write_parquet(
+                str(new),
+                max_rows_per_file=rows_per_file,
+                row_group_size=_ROWS_PER_BLOCK,
+                ray_remote_args={"num_cpus": 0},
+            )
         files = sorted(new.glob("*.parquet"))
         count, dim = _count_and_dim(files)
         reused = _count_reused(files)
@@ -344,9 +351,13 @@ def _batches(shards: Shards, columns: list[str]):
 
 
 def _file_batches(file: Path, columns: list[str]):
+    """Record batches of one shard file; Arrow's memory pool hands what they used back to the system after the file
+    (it keeps freed blocks for reuse otherwise: at 384 dimensions, some 250 MB held for nothing)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(file).iter_batches(batch_size=4096, columns=columns)
+    yield from pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=4096, columns=columns)
+    pa.default_memory_pool().release_unused()
 
 
 def _vectors(batch) -> np.ndarray:
@@ -381,6 +392,7 @@ def index_from_shards(
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
+    from ragtune.faiss_search import faiss_stdout_silenced
     from ragtune.index import INDEX_META
 
     source = Shards.load(shards)
@@ -395,8 +407,7 @@ def index_from_shards(
             raise RagtuneError(f"code_bytes must divide the dimension {dim}, got {m}")
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        sample = _sample(source, max(40 * nlist, 10_000), seed)
-        index.train(sample)
+        queries = _train_ivf_pq(index, source, nlist, seed)
         index.nprobe = min(32, nlist)
         kind = f"ivf{nlist},pq{m}"
     with replace_folder(out, "index") as new:
@@ -406,7 +417,7 @@ def index_from_shards(
         if kind != "flat":
             # The shards' lists merged into one memory-mapped file: this process never holds every code at once,
             # nor does a searcher (readers open it with IO_FLAG_ONDISK_SAME_DIR, so the folder may move).
-            with _c_stdout_silenced():
+            with faiss_stdout_silenced():
                 merge_ondisk(index, [str(p) for p in parts], str(new / IVF_DATA))
             shutil.rmtree(new / "parts")
         faiss.write_index(index, str(new / "index.faiss"))
@@ -414,27 +425,9 @@ def index_from_shards(
         meta.update(count=n, similarity="cosine", faiss=kind, source=str(shards))
         if kind != "flat":
             meta["lists"] = IVF_DATA
-            meta["recall@10_vs_exact"] = round(_recall(index, source, sample[:_RECALL_QUERIES]), 4)
+            meta["recall@10_vs_exact"] = round(_recall(index, source, queries), 4)
         write_json(new / INDEX_META, meta)
     return out
-
-
-@contextmanager
-def _c_stdout_silenced():
-    """FAISS's on-disk lists printf a "resizing FILE to N bytes" line to the process' stdout, below Python, where it
-    would land in the CLI's output: file descriptor 1 points at /dev/null meanwhile."""
-    import os
-    import sys
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _add_shards(index, source: Shards, parts_folder: Path, docs, hashes, on_disk: bool) -> list[Path]:
@@ -465,6 +458,23 @@ def _add_shards(index, source: Shards, parts_folder: Path, docs, hashes, on_disk
 
 
 _RECALL_QUERIES = 200  # sampled passages used as queries to measure a compressed index against exact search
+_PQ_TRAINING = 256 * 256  # what FAISS's product-quantizer training subsamples to (256 points per centroid)
+
+
+def _train_ivf_pq(index, source: Shards, nlist: int, seed: int) -> np.ndarray:
+    """Train `index` in two steps, so this process never holds more than the sample: the coarse cells by k-means on
+    a seeded sample (40 points a cell), exactly as `index.train` would; then the product quantizer on the residuals
+    of 65,536 of those points only (`index.train` would first compute residuals for the whole sample, doubling it,
+    and subsample after). Returns 200 sampled vectors to measure recall with."""
+    import faiss
+
+    sample = _sample(source, max(40 * nlist, 10_000), seed)
+    faiss.Clustering(index.d, nlist, index.cp).train(sample, index.quantizer)
+    queries = sample[:_RECALL_QUERIES].copy()
+    subset = sample[:_PQ_TRAINING].copy()
+    del sample
+    index.train(subset)  # the quantizer holds its nlist centroids: FAISS trains the product quantizer only
+    return queries
 
 
 def _recall(index, shards: Shards, queries: np.ndarray, k: int = 10) -> float:
@@ -487,17 +497,20 @@ def _recall(index, shards: Shards, queries: np.ndarray, k: int = 10) -> float:
 
 
 def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
-    """`size` vectors at seeded random positions, gathered in one pass over the shards."""
+    """`size` vectors at seeded random positions, gathered in one pass over the shards into one preallocated array
+    (gathering pieces and concatenating them would hold the sample twice)."""
     n = shards.meta["count"]
     wanted = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
-    parts, start = [], 0
+    sample = np.empty((len(wanted), shards.meta["dim"]), dtype=np.float32)
+    start, filled = 0, 0
     for batch in _batches(shards, ["vector"]):
         stop = start + batch.num_rows
         lo, hi = np.searchsorted(wanted, [start, stop])
         if hi > lo:
-            parts.append(_vectors(batch)[wanted[lo:hi] - start])
+            sample[filled : filled + hi - lo] = _vectors(batch)[wanted[lo:hi] - start]
+            filled += hi - lo
         start = stop
-    return np.ascontiguousarray(np.concatenate(parts))
+    return sample
 
 
 class _MineRows:
