@@ -270,7 +270,7 @@ def embed_shards(
             found.write_parquet(
                 str(new),
                 max_rows_per_file=rows_per_file,
-                row_group_size=_ROWS_PER_BLOCK,
+                row_group_size=min(_ROWS_PER_BLOCK, rows_per_file),
                 ray_remote_args={"num_cpus": 0},
             )
         files = sorted(new.glob("*.parquet"))
