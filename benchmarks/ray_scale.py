@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from output import report
+from output import cpu_name, report
 
 from ragtune.embeddings import Encoder
 from ragtune.ray_engine import ray_engine
@@ -46,11 +46,6 @@ WORDS = [
 def passages(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 200)))) + f" ({i})" for i in range(n)]
-
-
-def cpu_name() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "unknown")
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from output import report
-from ray_scale import WORDS, cpu_name
+from output import cpu_name, report
+from ray_scale import WORDS
 
 from ragtune.embeddings import Encoder
 from ragtune.ray_engine import ray_engine

@@ -21,8 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from output import report
-from ray_scale import cpu_name
+from output import cpu_name, report
 
 WRITE = """
 import hashlib, json, sys

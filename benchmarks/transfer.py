@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
-from output import report
+from output import cpu_name, report
 
 HEADLINE = "ndcg@10"
 
@@ -54,11 +53,6 @@ def row(name: str, folder: Path, cpu: str) -> dict:
     }
 
 
-def _cpu_name() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.machine())
-
-
 def markdown(rows: list[dict]) -> str:
     names = list(rows[0]["sets"])
     head = "| recipe | training pairs | " + " | ".join(f"{n}: tuned − base [95% CI]" for n in names) + " |"
@@ -86,7 +80,7 @@ def main() -> None:
     parser.add_argument("--output-json", type=Path)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--append", action="store_true", help="keep the rows already in --output-json")
-    parser.add_argument("--cpu", default=_cpu_name(), help="the CPU the new runs ran on (default: this machine's)")
+    parser.add_argument("--cpu", default=cpu_name(), help="the CPU the new runs ran on (default: this machine's)")
     args = parser.parse_args()
     new = [row(*item.split("=", 1)[:1], Path(item.split("=", 1)[1]), args.cpu) for item in args.run]
     rows = []

@@ -59,3 +59,27 @@ def test_a_compressed_index_from_shards_keeps_its_lists_on_disk_and_moves_with_i
     assert filtered[1][0].id == "p2"
     with pytest.raises(RagtuneError, match="built from embedding shards"):
         index.add(None, [Document("new", "text")])
+
+
+def test_the_parts_are_removed_from_ragtunes_own_folder_never_from_a_users(tmp_path):
+    from ragtune.shards import index_from_shards
+
+    vectors = np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32)
+    write_shards(tmp_path / "shards", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    mine = tmp_path / "mine"  # a user's folder, with a "parts" folder of its own
+    (mine / "parts").mkdir(parents=True)
+    (mine / "parts" / "notes.txt").write_text("keep")
+    with pytest.raises(RagtuneError):
+        index_from_shards(tmp_path / "shards", mine, ivf_pq_from=1000, code_bytes=8)
+    assert (mine / "parts" / "notes.txt").read_text() == "keep"
+    # Into a folder ragtune made: the per-shard parts live in its temporary sibling and are gone after the swap.
+    built = index_from_shards(tmp_path / "shards", tmp_path / "index", ivf_pq_from=1000, code_bytes=8)
+    rebuilt = index_from_shards(tmp_path / "shards", built, ivf_pq_from=1000, code_bytes=8)
+    assert sorted(p.name for p in rebuilt.iterdir() if not p.name.startswith(".")) == [
+        "docs.jsonl",
+        "index.faiss",
+        "index.json",
+        "lists.ivfdata",
+        "sha1.bin",
+    ]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".index")] == []
