@@ -32,6 +32,18 @@ def _no_network():
     socket.socket.connect = real_connect
 
 
+@pytest.fixture(autouse=True)
+def _library_logging():
+    """The CLI points the `ragtune` logger at its terminal: restored after each test, so a library test run after a
+    CLI test sees the library's own logging (none configured), whatever the order."""
+    import logging
+
+    logger = logging.getLogger("ragtune")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

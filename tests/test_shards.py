@@ -22,8 +22,9 @@ N = 3000
 
 
 @pytest.mark.slow  # starts a Ray cluster (~15 s)
-def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
+def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_path, monkeypatch):
     from ragtune.ray_engine import ray_engine
+    from ragtune.shard_eval import evaluate_from_shards
     from ragtune.shards import embed_shards, index_from_shards, mine_from_shards
 
     rows = toy_rows(N)
@@ -49,12 +50,19 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
         tmp_path / "queries.jsonl",
         [{"query": data.queries[r["query_id"]], "positive_id": r["positive_id"]} for r in mined],
     )
+    beir = tmp_path / "beir"  # the queries and judgements evaluation reads (no corpus.jsonl: the index has it)
+    (beir / "qrels").mkdir(parents=True)
+    write_jsonl(beir / "queries.jsonl", [{"_id": q, "text": t} for q, t in data.queries.items()])
+    (beir / "qrels" / "all.tsv").write_text("".join(f"{q}\t{p}\t1\n" for q, r in data.qrels.items() for p in r))
     encoder = Encoder(str(tiny_model), tmp_path / "cache-one", show_progress=False)
-    with ray_engine(actors=2):
+    monkeypatch.setattr("ragtune.faiss_search._REMOTE_MIN", 512)  # the evaluation's search as Ray tasks
+    with ray_engine(actors=2) as engine:
         shards = embed_shards(encoder, corpus, tmp_path / "shards", rows_per_file=1000)
         exact = index_from_shards(shards.folder, tmp_path / "index")
         compressed = index_from_shards(shards.folder, tmp_path / "index-pq", ivf_pq_from=1000, code_bytes=32)
         mine_from_shards(exact, [pairs], tmp_path / "negatives")
+        on_ray = evaluate_from_shards({"exact": exact, "compressed": compressed}, beir, "all")
+        assert engine.search_tasks >= 4 and engine.batches > 0  # queries encoded and searched on the cluster
         with pytest.raises(RagtuneError, match="no such file"):
             embed_shards(encoder, [tmp_path / "missing.jsonl"], tmp_path / "shards-2")
         no_text = write_jsonl(tmp_path / "no-text.jsonl", [{"id": "a", "body": "x"}])
@@ -102,6 +110,15 @@ def test_shards_encode_index_and_mine_as_one_process(tiny_model, tmp_path):
     assert found == [[h.id for h in q] for q in search_index(local, queries, 10, show_progress=False)]
     from_cli = search_index(tmp_path / "index-cli", queries, 10, show_progress=False)
     assert found == [[h.id for h in q] for q in from_cli]
+    # Evaluation on the cluster is evaluation in one process, to the bit; the index from shards scores as the
+    # corpus indexed in one process except where candidates tie to float rounding (the shards' batches differ).
+    here = evaluate_from_shards({"exact": exact, "one": local}, beir, "all")
+    assert on_ray.queries == len(data.qrels) and on_ray.corpus == len(ids)
+    assert on_ray.per_query["exact"] == here.per_query["exact"] and on_ray.top["exact"] == here.top["exact"]
+    same = [q for q in here.top["one"] if here.top["one"][q] == here.top["exact"][q]]
+    assert len(same) > 0.9 * len(data.qrels)
+    assert abs(here.metrics["one"]["ndcg@10"] - here.metrics["exact"]["ndcg@10"]) < 0.01
+    print("evaluated:", {s: round(m["ndcg@10"], 4) for s, m in on_ray.metrics.items()}, len(same), "same top 10")
     built = json.loads((compressed / "index.json").read_text())
     assert built["faiss"].startswith("ivf")
     approx = search_index(compressed, queries, 10, show_progress=False)

@@ -13,8 +13,9 @@ The whole pipeline is `ragtune.run(config)`; each stage is a function too:
   `Searcher`: an index or a store with its model loaded once, for searching many times.
 - `index_to_store`, `promote`, `rollback`, `add_to_store`: a corpus in a vector store (LanceDB, Chroma, Milvus
   Lite), one collection per model, checked before it serves -> `StoreResult`.
-- `ray_engine`, `embed_shards`, `index_from_shards`, `mine_from_shards`: encoding on a Ray cluster, and corpora too
-  large for one process as Parquet embedding shards, an index built from them, and hard negatives mined over it.
+- `ray_engine`, `embed_shards`, `index_from_shards`, `mine_from_shards`, `evaluate_from_shards`,
+  `compare_from_shards`: encoding on a Ray cluster, and corpora too large for one process as Parquet embedding
+  shards, an index built from them, hard negatives mined over it and queries evaluated against it.
 
 Nothing is printed: library code logs through `logging` (logger `ragtune`) and tells progress to
 `ragtune.progress` listeners, so you see output only if you configure logging.
@@ -59,6 +60,8 @@ _API = {
     "embed_shards": ("ragtune.shards", "embed_shards"),
     "index_from_shards": ("ragtune.shards", "index_from_shards"),
     "mine_from_shards": ("ragtune.shards", "mine_from_shards"),
+    "evaluate_from_shards": ("ragtune.shard_eval", "evaluate_from_shards"),
+    "compare_from_shards": ("ragtune.shard_eval", "compare_from_shards"),
     "Hit": ("ragtune.index", "Hit"),
     "Encoder": ("ragtune.embeddings", "Encoder"),
     "RagtuneError": ("ragtune.errors", "RagtuneError"),

@@ -699,6 +699,41 @@ def mine_shards_cmd(
     typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
 
 
+@app.command("evaluate-shards")
+def evaluate_shards_cmd(
+    indexes: Annotated[
+        list[str], typer.Argument(help="Index folders (e.g. `ragtune index --shards`), each NAME=FOLDER or FOLDER.")
+    ],
+    data: Annotated[Path, typer.Option(help="BEIR folder: queries.jsonl and qrels/SPLIT.tsv (its corpus unread).")],
+    split: Annotated[str, typer.Option(help="The qrels file to evaluate, e.g. test.")],
+    output_json: Annotated[Path | None, typer.Option(help="Write metrics, intervals and comparisons here.")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF-PQ index: cells searched per query.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Queries per encoding batch.")] = 32,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Retrieval metrics of indexes too large to load, over their whole corpus, each compared with the first;
+    ragtune's process never holds the corpus (with --ray, queries are encoded and searched on the cluster)."""
+    from ragtune.config import EngineConfig
+    from ragtune.ray_engine import engine_for
+    from ragtune.shard_eval import compare_from_shards
+    from ragtune.tables import comparison_table, metrics_table
+
+    named = dict(i.split("=", 1) if "=" in i else (i, i) for i in indexes)
+    if output_json:
+        check_file_output(output_json, [data, *named.values()])
+    engine = EngineConfig(kind="ray" if ray or ray_address else "local", address=ray_address)
+    with _shown(), engine_for(engine):
+        result = compare_from_shards(named, data, split, nprobe, batch_size)
+    typer.echo(f"{result.queries} queries over a corpus of {result.corpus} passages\n")
+    typer.echo(metrics_table(result.metrics, result.systems, cis=result.ci95))
+    if result.comparisons:
+        typer.echo("")
+        typer.echo(comparison_table(result.comparisons))
+    if output_json:
+        write_json(output_json, result.to_dict())
+
+
 @app.command("export")
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model folder to export (the files land in MODEL/onnx/).")],

@@ -321,33 +321,38 @@ def load_beir(folder: Path, skip_bad_rows: bool) -> PairData:
         raise RagtuneError(f"{qrels_dir}: no <split>.tsv files")
     for qrel_file in qrel_files:
         qids: dict[str, None] = {}
-        with qrel_file.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                parts = line.rstrip("\n").split("\t")
-                if n == 1 and not _is_number(parts[-1]):
-                    continue  # header
-                if not line.strip():
-                    continue
-                where = f"{qrel_file}: line {n}"
-                if len(parts) != 3:
-                    raise RagtuneError(f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score)")
-                qid, pid, score = parts
-                builder.stats.rows_read += 1
-                try:
-                    grade = float(score)
-                except ValueError as err:
-                    raise RagtuneError(f"{where}: field 'score' is not a number: {score!r}") from err
-                if qid not in builder.queries:
-                    builder.bad(f"{where}: field 'query-id' {qid!r} is not in {queries_file.name}")
-                    continue
-                if pid not in builder.corpus:
-                    builder.bad(f"{where}: field 'corpus-id' {pid!r} is not in {corpus_file.name}")
-                    continue
-                builder.add_pair(qid, pid, grade)
-                if grade > 0:
-                    qids[qid] = None
+        for where, qid, pid, grade in read_qrels(qrel_file):
+            builder.stats.rows_read += 1
+            if qid not in builder.queries:
+                builder.bad(f"{where}: field 'query-id' {qid!r} is not in {queries_file.name}")
+                continue
+            if pid not in builder.corpus:
+                builder.bad(f"{where}: field 'corpus-id' {pid!r} is not in {corpus_file.name}")
+                continue
+            builder.add_pair(qid, pid, grade)
+            if grade > 0:
+                qids[qid] = None
         splits[qrel_file.stem] = list(qids)
     return builder.finish(splits)
+
+
+def read_qrels(path: Path) -> Iterator[tuple[str, str, str, float]]:
+    """(where, query id, corpus id, grade) per line of a BEIR qrels file (query-id, corpus-id, score; a header
+    line is skipped); a malformed line is an error naming it."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").split("\t")
+            if (n == 1 and not _is_number(parts[-1])) or not line.strip():
+                continue  # the header, or a blank line
+            where = f"{path}: line {n}"
+            if len(parts) != 3:
+                raise RagtuneError(f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+            qid, pid, score = parts
+            try:
+                grade = float(score)
+            except ValueError as err:
+                raise RagtuneError(f"{where}: field 'score' is not a number: {score!r}") from err
+            yield where, qid, pid, grade
 
 
 def beir_text(title: Any, text: str) -> str:

@@ -83,9 +83,10 @@ def bm25_run(data: PairData, k: int = DEPTH) -> dict[str, dict[str, float]]:
     return {q: {corpus_ids[d]: s for d, s in found} for q, found in zip(data.qrels, hits, strict=True)}
 
 
-def score_run(result: EvalResult, system: str, run: Run, data: PairData) -> None:
+def score_run(result: EvalResult, system: str, run: Run, qrels: dict[str, dict[str, float]]) -> None:
+    """`system`'s metrics per query and on average, and its top 10 per query, into `result`."""
     result.runs[system] = run
-    values = per_query(run, data.qrels, METRICS)
+    values = per_query(run, qrels, METRICS)
     result.per_query[system] = values
     result.metrics[system] = aggregate(values)
     result.top[system] = {q: [d for d, _ in sorted(r.items(), key=lambda x: -x[1])[:10]] for q, r in run.items()}
@@ -109,16 +110,16 @@ def evaluate_systems(
     result = EvalResult(queries=len(data.qrels), corpus=len(data.corpus))
     sparse = bm25_run(data) if bm25 or fusion else None
     if bm25:
-        score_run(result, "bm25", sparse, data)
+        score_run(result, "bm25", sparse, data.qrels)
     for name, model in models.items():
         encoder = Encoder(model, cache_dir, max_seq_length, batch_size)
-        score_run(result, name, dense_run(encoder, data), data)
+        score_run(result, name, dense_run(encoder, data), data.qrels)
     if sparse is not None and not bm25:
         result.runs["bm25"] = sparse
     if fusion == "choose":
         fusion = {name: choose_fusion(result.runs[name], sparse, data.qrels) for name in models}
     for name, choice in (fusion or {}).items():
-        score_run(result, f"{name}+bm25", fuse(result.runs[name], sparse, choice.fusion), data)
+        score_run(result, f"{name}+bm25", fuse(result.runs[name], sparse, choice.fusion), data.qrels)
         result.fusion[name] = choice
     return result
 

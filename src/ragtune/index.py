@@ -78,18 +78,7 @@ class Index:
         return cls(folder, meta, vectors, documents, bm25)
 
     def check_model(self, encoder: Encoder) -> None:
-        same = (encoder.fingerprint, encoder.max_seq_length, encoder.backend) == (
-            self.meta["model_fingerprint"],
-            self.meta["max_seq_length"],
-            self.meta.get("backend", "torch"),
-        )
-        if not same:
-            raise RagtuneError(
-                f"{self.folder} was built with model {self.meta['model']} (max_seq_length "
-                f"{self.meta['max_seq_length']}, backend {self.meta.get('backend', 'torch')}); the query model "
-                f"{encoder.model_name} (max_seq_length {encoder.max_seq_length}, backend {encoder.backend}) is a "
-                "different one, so its scores would be meaningless"
-            )
+        check_query_model(self.folder, self.meta, encoder)
 
     def query_encoder(self, show_progress: bool = True) -> Encoder:
         """The encoder queries must use: the model, truncation and backend that built the index."""
@@ -195,6 +184,22 @@ class Index:
     def _hit(self, position: int, score: float) -> Hit:
         d = self.documents[int(position)]
         return Hit(d.id, float(score), d.text, d.metadata)
+
+
+def check_query_model(folder: Path, meta: dict, encoder: Encoder) -> None:
+    """Refuse a query model other than the one that built the index in `folder` (its `meta`)."""
+    same = (encoder.fingerprint, encoder.max_seq_length, encoder.backend) == (
+        meta["model_fingerprint"],
+        meta["max_seq_length"],
+        meta.get("backend", "torch"),
+    )
+    if not same:
+        raise RagtuneError(
+            f"{folder} was built with model {meta['model']} (max_seq_length {meta['max_seq_length']}, backend "
+            f"{meta.get('backend', 'torch')}); the query model {encoder.model_name} (max_seq_length "
+            f"{encoder.max_seq_length}, backend {encoder.backend}) is a different one, so its scores would be "
+            "meaningless"
+        )
 
 
 def encoder_for(meta: dict, show_progress: bool = False) -> Encoder:

@@ -401,12 +401,18 @@ def compare_stage(
     result = evaluate_stage(
         named, data_path, split, config, cache_dir, bm25, query_column, passage_column, data, fusion
     )
-    systems = list(named) + (["bm25"] if bm25 else [])
+    return comparison(result, list(named) + (["bm25"] if bm25 else []), extra_pairs)
+
+
+def comparison(result: EvalResult, systems: list[str], extra_pairs: list[tuple[str, str]] = ()) -> ComparisonResult:
+    """`result`'s systems each compared with the first of `systems` (and as `extra_pairs` and its fusions ask),
+    with 95% intervals and paired tests, Holm-adjusted over every comparison made."""
+    systems = list(systems)
     per_query = result.per_query
     comparisons = compare_all(per_query, systems[0], systems[1:])
     comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
     for name in result.fusion:
-        components = [name, "bm25"] if bm25 else [name]
+        components = [name, "bm25"] if "bm25" in systems else [name]
         comparisons += [c for part in components for c in compare_all(per_query, part, [f"{name}+bm25"], [HEADLINE])]
         systems.append(f"{name}+bm25")
     holm(comparisons)
