@@ -1,11 +1,12 @@
-"""A corpus of a million passages through the cluster: encoded into shards, indexed and mined, driver memory bounded.
+"""A million passages through the cluster: encoded into shards, indexed, mined and evaluated, driver memory bounded.
 
     python benchmarks/ray_shards.py --passages 1000000 --output-json benchmarks/results/ray-shards-1m.json
 
 Synthetic passages (20 to 120 words, fixed seed) are written as JSONL files, plus one (query, positive id) row per
 `--query-every` passages (the query: a passage's first 8 words). On a local Ray cluster (`--actors` model copies)
 `ragtune.shards` encodes them into Parquet shards, builds the index from the shards (IVF-PQ from `--ivf-pq-from`
-passages) and mines one hard negative per query. The same machine then encodes `--compare` passages in one process
+passages), mines one hard negative per query and evaluates every `--eval-every`-th query (`evaluate_from_shards`,
+its positive the one relevant passage). The same machine then encodes `--compare` passages in one process
 (torch on every core) for the throughput ratio. The driver's peak RSS is read before the cluster work and after;
 the model is a 2-layer, 32-wide random BERT (`--model tiny`, as the tests use; `--tiny-dim 384` adds a random
 projection so its vectors are as wide as all-MiniLM-L6-v2's) or any model path.
@@ -29,14 +30,24 @@ from ray_scale import WORDS
 
 from ragtune.embeddings import Encoder
 from ragtune.ray_engine import ray_engine
+from ragtune.shard_eval import evaluate_from_shards
 from ragtune.shards import embed_shards, index_from_shards, mine_from_shards
 
 
-def write_corpus(folder: Path, n: int, files: int, query_every: int, seed: int = 0) -> tuple[list[Path], Path]:
-    """JSONL corpus files and a queries file, written a file at a time (never the whole corpus in memory)."""
+def write_corpus(
+    folder: Path, n: int, files: int, query_every: int, eval_every: int, seed: int = 0
+) -> tuple[list[Path], Path, Path]:
+    """JSONL corpus files, a (query, positive id) file and a BEIR folder of every `eval_every`-th query with its
+    positive judged relevant, written a file at a time (never the whole corpus in memory)."""
     rng = np.random.default_rng(seed)
     paths, per_file = [], -(-n // files)
-    with (folder / "queries.jsonl").open("w") as queries:
+    beir = folder / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    with (
+        (folder / "queries.jsonl").open("w") as queries,
+        (beir / "queries.jsonl").open("w") as judged,
+        (beir / "qrels" / "test.tsv").open("w") as qrels,
+    ):
         for f in range(files):
             path = folder / f"corpus-{f:03d}.jsonl"
             with path.open("w") as out:
@@ -46,8 +57,11 @@ def write_corpus(folder: Path, n: int, files: int, query_every: int, seed: int =
                     out.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
                     if i % query_every == 0:
                         queries.write(json.dumps({"query": " ".join(words[:8]), "positive_id": f"p{i}"}) + "\n")
+                    if i % (query_every * eval_every) == 0:
+                        judged.write(json.dumps({"_id": f"q{i}", "text": " ".join(words[:8])}) + "\n")
+                        qrels.write(f"q{i}\tp{i}\t1\n")
             paths.append(path)
-    return paths, folder / "queries.jsonl"
+    return paths, folder / "queries.jsonl", beir
 
 
 def rss_mb() -> float:
@@ -86,6 +100,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--query-every", type=int, default=10)
+    parser.add_argument("--eval-every", type=int, default=10, help="evaluate every this many mined queries")
     parser.add_argument("--actors", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ivf-pq-from", type=int, default=1_000_000)
     parser.add_argument("--compare", type=int, default=20_000, help="passages encoded by one process, for the ratio")
@@ -100,7 +115,7 @@ def main() -> None:
 
             model = str(build_tiny_bert(tmp, layers=2, dim=args.tiny_dim))
         start = time.perf_counter()
-        corpus, queries = write_corpus(tmp, args.passages, args.files, args.query_every)
+        corpus, queries, beir = write_corpus(tmp, args.passages, args.files, args.query_every, args.eval_every)
         write_s = time.perf_counter() - start
         encoder = Encoder(model, tmp / "cache", show_progress=False)
         float32_mb = args.passages * encoder.model.get_embedding_dimension() * 4 / 2**20
@@ -119,7 +134,11 @@ def main() -> None:
             start = time.perf_counter()
             mine_from_shards(index, [queries], tmp / "mined")
             timings["mine_s"] = time.perf_counter() - start
-            rss_after, anon_peaks["mine"] = rss_mb(), anon.take()
+            peaks["after_mine"], anon_peaks["mine"] = rss_mb(), anon.take()
+            start = time.perf_counter()
+            evaluation = evaluate_from_shards({"model": index}, beir, "test")
+            timings["evaluate_s"] = time.perf_counter() - start
+            rss_after, anon_peaks["evaluate"] = rss_mb(), anon.take()
         built = json.loads((index / "index.json").read_text())
         with queries.open() as f:
             mined = sum(1 for _ in f)
@@ -150,6 +169,9 @@ def main() -> None:
             "index_recall@10_vs_exact": built.get("recall@10_vs_exact", 1.0),
             "queries_mined": mined,
             "mine_per_s": round(mined / timings["mine_s"], 1),
+            "queries_evaluated": evaluation.queries,
+            "evaluate_per_s": round(evaluation.queries / timings["evaluate_s"], 1),
+            "evaluated": {m: round(v, 4) for m, v in evaluation.metrics["model"].items()},
             "corpus_float32_mb": round(float32_mb, 1),
             "driver_peak_rss_mb_before_cluster_work": rss_before,
             "driver_peak_rss_mb_after": rss_after,

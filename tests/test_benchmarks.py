@@ -89,7 +89,7 @@ def test_store_benchmark_measures_every_engine_against_the_exact_top_ten(tmp_pat
 
 
 @pytest.mark.slow  # a local Ray cluster
-def test_ray_shards_benchmark_encodes_indexes_and_mines_every_row(tmp_path):
+def test_ray_shards_benchmark_encodes_indexes_mines_and_evaluates_every_row(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "shards.json"
     command = [sys.executable, str(BENCHMARKS / "ray_shards.py"), "--passages", "3000", "--files", "3"]
@@ -103,7 +103,10 @@ def test_ray_shards_benchmark_encodes_indexes_and_mines_every_row(tmp_path):
     assert result["driver_peak_rss_mb_before_cluster_work"] <= peaks["after_encode"] <= peaks["after_index"]
     assert peaks["after_index"] <= result["driver_peak_rss_mb_after"]
     anon = result["driver_peak_anon_mb_by_stage"]
-    assert set(anon) == {"before", "encode", "index", "mine"} and all(v > 0 for v in anon.values())
+    assert set(anon) == {"before", "encode", "index", "mine", "evaluate"} and all(v > 0 for v in anon.values())
+    assert result["queries_evaluated"] == 30 and 0 <= result["evaluated"]["ndcg@10"] <= 1  # one per 10 mined
+    # Each query is its passage's first 8 words: even the random model ranks some positives in the top 100.
+    assert result["evaluated"]["recall@100"] > 0
 
 
 def test_shard_index_memory_benchmark_reports_each_size(tmp_path):
