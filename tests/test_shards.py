@@ -25,6 +25,7 @@ N = 3000
 def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_path, monkeypatch):
     from ragtune.ray_engine import ray_engine
     from ragtune.shard_eval import evaluate_from_shards
+    from ragtune.shard_mining import least_similar_from_shards, pair_rows
     from ragtune.shards import embed_shards, index_from_shards, mine_from_shards
 
     rows = toy_rows(N)
@@ -94,6 +95,12 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
     assert again.exit_code == 0 and f"{len(ids)} vectors reused" in again.output, again.output
     mined_cli = CliRunner().invoke(app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-cli")])
     assert mined_cli.exit_code == 0, mined_cli.output
+    # The least-similar walk: its first search as Ray tasks (from 512 rows here), the picks as in this process.
+    walk = ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "walk"), "--strategy", "least-similar"]
+    walked = CliRunner().invoke(app, walk)
+    assert walked.exit_code == 0, walked.output
+    expected, _ = least_similar_from_shards(exact, pair_rows([str(pairs)], "query", "positive_id"), 1)
+    assert [r["negative_ids"] for r in pq.read_table(tmp_path / "walk" / "part-00000.parquet").to_pylist()] == expected
 
     assert shards.meta["count"] == len(ids) and len(shards.files) >= 2
     table = [r for f in shards.files for r in pq.read_table(f).to_pylist()]

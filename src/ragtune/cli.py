@@ -684,17 +684,22 @@ def mine_shards_cmd(
     nprobe: Annotated[int, typer.Option(help="IVF-PQ index: cells searched per query.")] = 32,
     query_column: Annotated[str, typer.Option(help="Column holding the query text.")] = "query",
     positive_column: Annotated[str, typer.Option(help="Column holding the positive passage's id.")] = "positive_id",
+    strategy: Annotated[
+        Literal["hard", "least-similar"],
+        typer.Option(help="hard (ranked by the index's model), or least-similar (the classic walk; an exact index)."),
+    ] = "hard",
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Hard negatives for (query, positive id) files, mined on a Ray cluster by actors holding the model and the index;
-    ragtune's process never holds the pairs or the corpus. No splits, groups or margins: `ragtune mine` does those."""
+    ragtune's process never holds the pairs or the corpus. No splits, groups or margins: `ragtune mine` does those.
+    --strategy least-similar walks the rows in order here, over the exact index's vectors."""
     from ragtune.config import EngineConfig
     from ragtune.ray_engine import engine_for
     from ragtune.shards import mine_from_shards
 
     with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
         done = mine_from_shards(
-            index, pairs, out, query_column, positive_column, num_negatives, range_min, range_max, nprobe
+            index, pairs, out, query_column, positive_column, num_negatives, range_min, range_max, nprobe, strategy
         )
     typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
 

@@ -9,7 +9,8 @@ negatives mined over that index, with this process holding neither the corpus no
   its inverted lists are merged from per-shard parts into a file that readers memory-map, so this process holds the
   sample and one shard's codes, never all of them.
 - `mine_from_shards`: hard negatives for (query, positive id) files, as Ray Data over actors that each hold the
-  model and a copy of the index: the same picks as `ragtune mine --strategy hard` where the index is exact.
+  model and a copy of the index: the same picks as `ragtune mine --strategy hard` where the index is exact; or the
+  least-similar walk over an exact index's vectors (`ragtune.shard_mining`).
 """
 
 from __future__ import annotations
@@ -573,6 +574,7 @@ def mine_from_shards(
     range_min: int = 0,
     range_max: int = 30,
     nprobe: int = 32,
+    strategy: str = "hard",
 ) -> Path:
     """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
     `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
@@ -580,12 +582,17 @@ def mine_from_shards(
     with the positive's exact text), the top `num_negatives` of them; rows are not otherwise screened (no margin,
     no groups, no held-out passages: those need the whole dataset, as `ragtune mine` has it).
 
+    `strategy="least-similar"`: the classic walk instead (`ragtune.shard_mining`): each row, in file order, gets
+    the passages least similar to its positive that no earlier row took and that are neither a positive of its query
+    nor a copy of one; this process holds the rows and the vectors of an exact index (a compressed one is refused).
+
     Args:
         index: A folder from `index_from_shards` (it keeps the text hashes the same-text guard reads).
         pairs: JSONL or Parquet files of `query_column` and `positive_column` (an id in the index).
         out: A new folder (or one ragtune made) for the Parquet results.
         num_negatives, range_min, range_max: As `ragtune mine --strategy hard`.
         nprobe: Cells searched per query in an IVF-PQ index.
+        strategy: "hard", or "least-similar" (an exact index; range_min, range_max and nprobe do not apply).
 
     Returns:
         The output folder.
@@ -595,10 +602,14 @@ def mine_from_shards(
 
     from ragtune.faiss_search import read_index
 
+    if strategy not in ("hard", "least-similar"):
+        raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
     claim_folder(out, "mined shards", paths + [str(index)])
+    if strategy == "least-similar":
+        return _least_similar_to_parquet(index, paths, out, query_column, positive_column, num_negatives)
     # An on-disk index serializes as a reference to its lists file: actors map that file (a shared filesystem, as
     # for the docs they read), they do not get copies of it.
     blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
@@ -620,4 +631,23 @@ def mine_from_shards(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
         ).write_parquet(str(new), ray_remote_args={"num_cpus": 0})
+    return out
+
+
+def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, query_column, positive_column, n) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ragtune.shard_mining import least_similar_from_shards, pair_rows
+
+    rows = pair_rows(paths, query_column, positive_column)
+    negatives, stats = least_similar_from_shards(index, rows, n)
+    log.info("least-similar walk over %d rows: %s", len(rows), stats.get("index"))
+    table = {
+        "query": [q for q, _, _ in rows],
+        "positive_id": [p for _, p, _ in rows],
+        "negative_ids": pa.array(negatives, type=pa.list_(pa.string())),
+    }
+    with replace_folder(out, "mined shards") as new:
+        pq.write_table(pa.table(table), new / "part-00000.parquet")
     return out

@@ -1,0 +1,108 @@
+"""Least-similar negatives over an index built from embedding shards: the classic walk of `ragtune mine --strategy
+least-similar`, run on the index's vectors.
+
+Each row's negative is the passage least similar to its positive that no earlier row took (a global constraint:
+one walk, in this process, over every row in order), so this process holds the rows (query, positive id) and the
+index's float32 vectors. That is why it needs an exact index (below `index_from_shards`'s `ivf_pq_from`); an IVF-PQ
+index keeps only codes, and the walk's last resort is an exact search over the passages still free. The first
+search (every row's least similar candidates) runs as Ray tasks over the index from 8,192 rows on, as in one
+process; the walk itself is `ragtune.mining`'s, so the picks are the ones `ragtune mine` makes from the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ragtune.config import MiningConfig
+from ragtune.data import Row
+from ragtune.errors import RagtuneError
+
+log = logging.getLogger(__name__)
+
+
+class _ShardGuards:
+    """What `ragtune.mining`'s walk asks of its guards, from an index folder: a query's positives (every row of the
+    same query text) and the passages whose text is exactly a positive's (by the sha1 the index keeps)."""
+
+    def __init__(self, ids: list[str], sha1: np.ndarray, rows: list[Row]):
+        self.position = {pid: i for i, pid in enumerate(ids)}
+        _, inverse = np.unique(sha1, return_inverse=True)
+        copies: dict[int, list[int]] = {}
+        for i in np.flatnonzero(np.bincount(inverse)[inverse] > 1):  # passages whose text another one repeats
+            copies.setdefault(int(inverse[i]), []).append(int(i))
+        self.positives: dict[str, set[int]] = {}
+        for r in rows:
+            self.positives.setdefault(r.query_id, set()).add(self.position[r.positive_id])
+        self.same_text = {
+            q: {j for i in pos for j in copies.get(int(inverse[i]), ())} - pos for q, pos in self.positives.items()
+        }
+
+    def forbidden(self, qid: str) -> set[int]:
+        return self.positives[qid] | self.same_text[qid]
+
+    def blocked(self, qid: str) -> None:
+        return None  # no held-out passages: the rows carry no split
+
+
+def pair_rows(paths: list[str], query_column: str, positive_column: str) -> list[tuple[str, str, str]]:
+    """(query, positive id, where) per row of JSONL or Parquet files, in file and row order (the walk's order)."""
+    import pyarrow.parquet as pq
+
+    from ragtune.data import read_jsonl
+
+    rows = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise RagtuneError(f"{path}: no such file")
+        if path.endswith(".parquet"):
+            names = pq.read_schema(path).names
+            missing = [c for c in (query_column, positive_column) if c not in names]
+            if missing:
+                raise RagtuneError(f"{path}: no column {missing[0]!r} (columns: {', '.join(sorted(names))})")
+            table = pq.read_table(path, columns=[query_column, positive_column]).to_pylist()
+            records = ((f"{path}: row {n}", r) for n, r in enumerate(table, start=1))
+        else:
+            records = read_jsonl(Path(path))
+        for where, record in records:
+            query, positive = record.get(query_column), record.get(positive_column)
+            if query is None or positive is None:
+                column = query_column if query is None else positive_column
+                raise RagtuneError(f"{where}: field {column!r} is missing")
+            rows.append((str(query), str(positive), where))
+    return rows
+
+
+def least_similar_from_shards(
+    index: Path, rows: list[tuple[str, str, str]], num_negatives: int
+) -> tuple[list[list[str]], dict]:
+    """For (query, positive id, where) rows, in order: `num_negatives` least-similar negative ids each, and the
+    walk's statistics. `where` names the row's file for errors."""
+    import faiss
+
+    from ragtune.faiss_search import read_index
+    from ragtune.mining import _least_similar
+    from ragtune.shards import SHA1_FILE
+
+    meta = json.loads((index / "index.json").read_text())
+    if meta.get("faiss", "flat") != "flat":
+        raise RagtuneError(
+            f"{index} is a compressed index ({meta['faiss']}): least-similar mining walks the exact vectors; build "
+            "an exact one (index_from_shards with ivf_pq_from above the corpus size) or use the hard strategy"
+        )
+    with (index / "docs.jsonl").open(encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    known = set(ids)
+    for _, positive, where in rows:
+        if positive not in known:
+            raise RagtuneError(f"{where}: positive id {positive!r} is not in the index")
+    flat = read_index(index / "index.faiss")
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d).copy()
+    walk_rows = [Row(query, positive, 1.0) for query, positive, _ in rows]
+    guards = _ShardGuards(ids, np.fromfile(index / SHA1_FILE, dtype="S20"), walk_rows)
+    stats: dict = {"strategy": "least-similar", "rows": len(rows), "corpus": len(ids)}
+    _least_similar(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
+    return [r.negative_ids for r in walk_rows], stats

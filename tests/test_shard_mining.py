@@ -1,0 +1,83 @@
+"""The least-similar walk over an index built from shards (written here without a cluster): the negatives
+`ragtune mine --strategy least-similar` picks from the same vectors, row for row."""
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+from helpers import toy_rows
+
+from ragtune.config import DataConfig, MiningConfig
+from ragtune.data import Row, load_prepared
+from ragtune.embeddings import Encoder
+from ragtune.errors import RagtuneError
+from ragtune.mining import _Guards, mine
+from ragtune.pipeline import prepare_stage
+from ragtune.shard_mining import _ShardGuards, least_similar_from_shards, pair_rows
+from ragtune.shards import SHA1_FILE, index_from_shards
+
+
+def test_the_walk_over_shards_picks_what_ragtune_mine_picks(tiny_model, tmp_path):
+    rows = toy_rows(400)
+    rows.append({"query": rows[7]["query"], "passage": "The heart also has a second job."})  # two positives
+    prepare_stage(DataConfig(path=str(write_jsonl(tmp_path / "pairs.jsonl", rows))), tmp_path / "prepared")
+    data = load_prepared(tmp_path / "prepared")
+    ids = list(data.corpus)
+    encoder = Encoder(str(tiny_model), show_progress=False)
+    vectors = encoder.encode([data.corpus[i] for i in ids])
+    texts = [data.corpus[i] for i in ids]
+    (tmp_path / "shards").mkdir()
+    table = {
+        "id": ids,
+        "text": texts,
+        "sha1": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+    }
+    pq.write_table(pa.table(table), tmp_path / "shards" / "part-0.parquet")
+    meta = {**encoder.identity(), "dim": vectors.shape[1], "count": len(ids)}
+    (tmp_path / "shards" / "shards.json").write_text(json.dumps(meta))
+    index = index_from_shards(tmp_path / "shards", tmp_path / "index")
+
+    reference = mine(data, encoder, MiningConfig(strategy="least-similar", num_negatives=2)).rows
+    pairs = write_jsonl(
+        tmp_path / "rows.jsonl", [{"query": data.queries[r.query_id], "positive_id": r.positive_id} for r in reference]
+    )
+    found, stats = least_similar_from_shards(index, pair_rows([str(pairs)], "query", "positive_id"), 2)
+    assert stats["rows"] == len(reference) == 401
+    assert found == [r.negative_ids for r in reference]
+    (twice,) = [q for q, t in data.queries.items() if t == rows[7]["query"]]
+    assert len(data.qrels[twice]) == 2  # neither of its positives is a negative of either of its rows
+    walked = [f for f, r in zip(found, reference, strict=True) if r.query_id == twice]
+    assert len(walked) == 2 and not set().union(*walked) & set(data.qrels[twice])
+    assert all(len(set(f)) == 2 for f in found)
+
+    # What each query may never take: the guards of `ragtune mine`, and a planted copy of a positive's text.
+    sha1 = np.fromfile(index / SHA1_FILE, dtype="S20")
+    walk_rows = [Row(data.queries[r.query_id], r.positive_id, 1.0) for r in reference]
+    theirs = _Guards(data, ids)
+    ours = _ShardGuards(ids, sha1, walk_rows)
+    assert all(ours.forbidden(data.queries[q]) == theirs.forbidden(q) for q in data.qrels)
+    first = ids.index(reference[0].positive_id)
+    sha1[first + 1] = sha1[first]
+    planted = _ShardGuards(ids, sha1, walk_rows).forbidden(data.queries[reference[0].query_id])
+    assert planted == theirs.forbidden(reference[0].query_id) | {first + 1}
+
+
+def test_what_the_walk_cannot_use_is_a_one_line_error(tiny_model, tmp_path):
+    from test_shard_index import write_shards
+
+    vectors = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    write_shards(tmp_path / "shards", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    exact = index_from_shards(tmp_path / "shards", tmp_path / "exact")
+    compressed = index_from_shards(tmp_path / "shards", tmp_path / "pq", ivf_pq_from=1000, code_bytes=8)
+    with pytest.raises(RagtuneError, match=r"compressed index \(ivf\d+,pq8\): least-similar mining walks"):
+        least_similar_from_shards(compressed, [("q", "p1", "x")], 1)
+    stranger = write_jsonl(tmp_path / "stranger.jsonl", [{"query": "q", "positive_id": "p1"}, {"query": "r"}])
+    with pytest.raises(RagtuneError, match=r"stranger.jsonl: line 2: field 'positive_id' is missing"):
+        pair_rows([str(stranger)], "query", "positive_id")
+    with pytest.raises(RagtuneError, match=r"where-1: positive id 'nowhere' is not in the index"):
+        least_similar_from_shards(exact, [("q", "nowhere", "where-1")], 1)
