@@ -17,7 +17,7 @@ from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.mining import _Guards, mine
 from ragtune.pipeline import prepare_stage
-from ragtune.shard_mining import _ShardGuards, least_similar_from_shards, pair_rows
+from ragtune.shard_mining import _ShardGuards, held_out_mask, least_similar_from_shards, pair_rows
 from ragtune.shards import SHA1_FILE, index_from_shards
 
 
@@ -54,6 +54,24 @@ def test_the_walk_over_shards_picks_what_ragtune_mine_picks(tiny_model, tmp_path
     walked = [f for f, r in zip(found, reference, strict=True) if r.query_id == twice]
     assert len(walked) == 2 and not set().union(*walked) & set(data.qrels[twice])
     assert all(len(set(f)) == 2 for f in found)
+
+    # Held out (the last 50 queries, say a test split): no training row takes their positives, as in `ragtune mine`
+    # (whose walk reaches the held-out rows last, so the training rows' picks are the comparable ones).
+    test = set(list(dict.fromkeys(r.query_id for r in reference))[-50:])
+    held = mine(data, encoder, MiningConfig(strategy="least-similar"), held_out=test).rows
+    train_rows = [r for r in held if r.query_id not in test]
+    assert held[: len(train_rows)] == train_rows
+    held_file = write_jsonl(
+        tmp_path / "test.jsonl",
+        [{"query": data.queries[r.query_id], "positive_id": r.positive_id} for r in held if r.query_id in test],
+    )
+    mask = held_out_mask(index, [str(held_file)], "query", "positive_id")
+    assert mask.sum() == len({p for q in test for p in data.qrels[q]})
+    train = [(data.queries[r.query_id], r.positive_id, "x") for r in train_rows]
+    walked, _ = least_similar_from_shards(index, train, 1, mask)
+    assert walked == [r.negative_ids for r in train_rows]
+    unguarded, _ = least_similar_from_shards(index, train, 1)
+    assert any(mask[ids.index(n[0])] for n in unguarded)  # without the mask, some training rows take test answers
 
     # What each query may never take: the guards of `ragtune mine`, and a planted copy of a positive's text.
     sha1 = np.fromfile(index / SHA1_FILE, dtype="S20")

@@ -95,6 +95,17 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
     assert again.exit_code == 0 and f"{len(ids)} vectors reused" in again.output, again.output
     mined_cli = CliRunner().invoke(app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-cli")])
     assert mined_cli.exit_code == 0, mined_cli.output
+    # Held-out pairs (the last 300 rows, say a test split): their positives are nobody's negatives on the cluster.
+    test = write_jsonl(tmp_path / "test.jsonl", [json.loads(line) for line in pairs.read_text().splitlines()[-300:]])
+    held_out = {json.loads(line)["positive_id"] for line in test.read_text().splitlines()}
+    guarded = CliRunner().invoke(
+        app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-held"), "--held-out", str(test)]
+    )
+    assert guarded.exit_code == 0, guarded.output
+    kept = [r for f in sorted((tmp_path / "neg-held").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(kept) == len(mined) and not {n for r in kept for n in r["negative_ids"]} & held_out
+    unguarded = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {n for r in unguarded for n in r["negative_ids"]} & held_out  # without it, some were
     # The least-similar walk: its first search as Ray tasks (from 512 rows here), the picks as in this process.
     walk = ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "walk"), "--strategy", "least-similar"]
     walked = CliRunner().invoke(app, walk)

@@ -688,6 +688,12 @@ def mine_shards_cmd(
         Literal["hard", "least-similar"],
         typer.Option(help="hard (ranked by the index's model), or least-similar (the classic walk; an exact index)."),
     ] = "hard",
+    held_out: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Held-out (e.g. test) pairs, same columns: their positives are never negatives (repeatable)."
+        ),
+    ] = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Hard negatives for (query, positive id) files, mined on a Ray cluster by actors holding the model and the index;
@@ -699,7 +705,17 @@ def mine_shards_cmd(
 
     with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
         done = mine_from_shards(
-            index, pairs, out, query_column, positive_column, num_negatives, range_min, range_max, nprobe, strategy
+            index,
+            pairs,
+            out,
+            query_column,
+            positive_column,
+            num_negatives,
+            range_min,
+            range_max,
+            nprobe,
+            strategy,
+            held_out or [],
         )
     typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
 

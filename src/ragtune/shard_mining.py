@@ -28,7 +28,8 @@ class _ShardGuards:
     """What `ragtune.mining`'s walk asks of its guards, from an index folder: a query's positives (every row of the
     same query text) and the passages whose text is exactly a positive's (by the sha1 the index keeps)."""
 
-    def __init__(self, ids: list[str], sha1: np.ndarray, rows: list[Row]):
+    def __init__(self, ids: list[str], sha1: np.ndarray, rows: list[Row], held_out: np.ndarray | None = None):
+        self.held_out = held_out if held_out is not None and held_out.any() else None
         self.position = {pid: i for i, pid in enumerate(ids)}
         _, inverse = np.unique(sha1, return_inverse=True)
         copies: dict[int, list[int]] = {}
@@ -44,8 +45,8 @@ class _ShardGuards:
     def forbidden(self, qid: str) -> set[int]:
         return self.positives[qid] | self.same_text[qid]
 
-    def blocked(self, qid: str) -> None:
-        return None  # no held-out passages: the rows carry no split
+    def blocked(self, qid: str) -> np.ndarray | None:
+        return self.held_out  # every row is a training row: none may take a held-out passage
 
 
 def pair_rows(paths: list[str], query_column: str, positive_column: str) -> list[tuple[str, str, str]]:
@@ -76,11 +77,31 @@ def pair_rows(paths: list[str], query_column: str, positive_column: str) -> list
     return rows
 
 
+def held_out_mask(index: Path, paths: list[str], query_column: str, positive_column: str) -> np.ndarray | None:
+    """The passages of an index that are positives of the rows of `paths` (e.g. the test pairs), as a boolean mask
+    in index order; None without files. `docs.jsonl` is streamed: only the held-out ids are kept."""
+    from ragtune.shard_eval import _names
+
+    if not paths:
+        return None
+    rows = pair_rows(paths, query_column, positive_column)
+    wanted = {p for _, p, _ in rows}
+    found = _names(index, wanted=wanted)
+    missing = wanted - set(found.values())
+    if missing:
+        where = next(w for _, p, w in rows if p in missing)
+        raise RagtuneError(f"{where}: held-out positive id {sorted(missing)[0]!r} is not in the index")
+    count = json.loads((index / "index.json").read_text())["count"]
+    mask = np.zeros(count, dtype=bool)
+    mask[list(found)] = True
+    return mask
+
+
 def least_similar_from_shards(
-    index: Path, rows: list[tuple[str, str, str]], num_negatives: int
+    index: Path, rows: list[tuple[str, str, str]], num_negatives: int, held_out: np.ndarray | None = None
 ) -> tuple[list[list[str]], dict]:
-    """For (query, positive id, where) rows, in order: `num_negatives` least-similar negative ids each, and the
-    walk's statistics. `where` names the row's file for errors."""
+    """For (query, positive id, where) rows, in order: `num_negatives` least-similar negative ids each, never a
+    passage `held_out` marks, and the walk's statistics. `where` names the row's file for errors."""
     import faiss
 
     from ragtune.faiss_search import read_index
@@ -102,7 +123,7 @@ def least_similar_from_shards(
     flat = read_index(index / "index.faiss")
     vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d).copy()
     walk_rows = [Row(query, positive, 1.0) for query, positive, _ in rows]
-    guards = _ShardGuards(ids, np.fromfile(index / SHA1_FILE, dtype="S20"), walk_rows)
+    guards = _ShardGuards(ids, np.fromfile(index / SHA1_FILE, dtype="S20"), walk_rows, held_out)
     stats: dict = {"strategy": "least-similar", "rows": len(rows), "corpus": len(ids)}
     _least_similar(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
     return [r.negative_ids for r in walk_rows], stats

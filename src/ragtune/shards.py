@@ -517,7 +517,7 @@ def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
 class _MineRows:
     """Actor: the model and a copy of the index; each block of (query, positive id) rows gets its hard negatives."""
 
-    def __init__(self, index_folder: str, blob, settings: dict, columns: tuple):
+    def __init__(self, index_folder: str, blob, settings: dict, columns: tuple, excluded):
         import faiss
         import ray
 
@@ -533,6 +533,7 @@ class _MineRows:
         self.position = {d: i for i, d in enumerate(self.ids)}
         self.sha1 = np.fromfile(Path(index_folder) / SHA1_FILE, dtype="S20")
         self.settings, (self.query_column, self.positive_column) = settings, columns
+        self.excluded = ray.get(excluded)  # held-out passages (a boolean mask), never returned by the search
 
     def __call__(self, rows: dict):
         from ragtune.faiss_search import search_chunked
@@ -546,7 +547,7 @@ class _MineRows:
             raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
         vectors = _encode_sorted(self.model, queries, s["batch_size"])
         # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
-        _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"])
+        _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
         negatives = []
         for row, positive in zip(found, positives, strict=True):
             own = self.position[positive]
@@ -575,6 +576,7 @@ def mine_from_shards(
     range_max: int = 30,
     nprobe: int = 32,
     strategy: str = "hard",
+    held_out: list[str | Path] = (),
 ) -> Path:
     """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
     `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
@@ -593,6 +595,8 @@ def mine_from_shards(
         num_negatives, range_min, range_max: As `ragtune mine --strategy hard`.
         nprobe: Cells searched per query in an IVF-PQ index.
         strategy: "hard", or "least-similar" (an exact index; range_min, range_max and nprobe do not apply).
+        held_out: Files of (query, positive id) rows held out for evaluation (the same columns as `pairs`): their
+            positives are never anyone's negatives, so training never pushes a test answer away.
 
     Returns:
         The output folder.
@@ -601,15 +605,18 @@ def mine_from_shards(
     import ray
 
     from ragtune.faiss_search import read_index
+    from ragtune.shard_mining import held_out_mask
 
     if strategy not in ("hard", "least-similar"):
         raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
-    claim_folder(out, "mined shards", paths + [str(index)])
+    held = [str(Path(p).resolve()) for p in held_out]
+    claim_folder(out, "mined shards", paths + held + [str(index)])
+    excluded = held_out_mask(index, held, query_column, positive_column)
     if strategy == "least-similar":
-        return _least_similar_to_parquet(index, paths, out, query_column, positive_column, num_negatives)
+        return _least_similar_to_parquet(index, paths, out, (query_column, positive_column), num_negatives, excluded)
     # An on-disk index serializes as a reference to its lists file: actors map that file (a shared filesystem, as
     # for the docs they read), they do not get copies of it.
     blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
@@ -625,7 +632,7 @@ def mine_from_shards(
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, [query_column, positive_column]).map_batches(
             _MineRows,
-            fn_constructor_args=(str(index), blob, settings, (query_column, positive_column)),
+            fn_constructor_args=(str(index), blob, settings, (query_column, positive_column), ray.put(excluded)),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -634,14 +641,14 @@ def mine_from_shards(
     return out
 
 
-def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, query_column, positive_column, n) -> Path:
+def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns: tuple, n: int, excluded) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ragtune.shard_mining import least_similar_from_shards, pair_rows
 
-    rows = pair_rows(paths, query_column, positive_column)
-    negatives, stats = least_similar_from_shards(index, rows, n)
+    rows = pair_rows(paths, *columns)
+    negatives, stats = least_similar_from_shards(index, rows, n, excluded)
     log.info("least-similar walk over %d rows: %s", len(rows), stats.get("index"))
     table = {
         "query": [q for q, _, _ in rows],
