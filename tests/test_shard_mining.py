@@ -15,10 +15,11 @@ from ragtune.config import DataConfig, MiningConfig
 from ragtune.data import Row, load_prepared
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
+from ragtune.index import SHA1_FILE
 from ragtune.mining import _Guards, mine
 from ragtune.pipeline import prepare_stage
 from ragtune.shard_mining import _ShardGuards, held_out_mask, least_similar_from_shards, pair_rows
-from ragtune.shards import SHA1_FILE, index_from_shards
+from ragtune.shards import index_from_shards
 
 
 def test_the_walk_over_shards_picks_what_ragtune_mine_picks(tiny_model, tmp_path):

@@ -27,6 +27,7 @@ class Hit:
 
 
 INDEX_META = "index.json"
+SHA1_FILE = "sha1.bin"  # an index from shards: the sha1 of each passage's text, 20 bytes each, in vector order
 MODES = ("dense", "bm25", "hybrid")
 CANDIDATES = 100  # each side's depth before fusion: what the fusion was chosen with in evaluation
 
@@ -311,3 +312,17 @@ def parse_filters(items: list[str]) -> dict:
         key, value = item.split("=", 1)
         filters[key] = yaml.safe_load(value)
     return filters
+
+
+def doc_ids(folder: Path, positions: set[int] | None = None, wanted: set[str] | None = None) -> dict[int, str]:
+    """Position -> passage id of an index folder, for the given positions, or for the passages whose ids are
+    `wanted`: one pass over `docs.jsonl`, keeping only those (the id list of a 50M-passage index is gigabytes)."""
+    found = {}
+    with (folder / "docs.jsonl").open(encoding="utf-8") as f:
+        for position, line in enumerate(f):
+            if positions is not None and position not in positions:
+                continue
+            pid = json.loads(line)["id"]
+            if wanted is None or pid in wanted:
+                found[position] = pid
+    return found

@@ -390,14 +390,18 @@ def mine(
     qids = list(dict.fromkeys(r.query_id for r in rows))
     query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
     if config.strategy == "least-similar":
-        _least_similar(rows, guards, corpus_vectors, config, stats)
+        least_similar_negatives(rows, guards, corpus_vectors, config, stats)
     else:
         _hard(rows, guards, qids, query_vectors, corpus_vectors, config, stats, data)
     _score_summary(rows, guards, corpus_vectors, qids, query_vectors, stats)
     return MiningResult(rows, stats)
 
 
-def _least_similar(rows, guards: _Guards, corpus_vectors, config: MiningConfig, stats) -> None:
+def least_similar_negatives(
+    rows: list[Row], guards, corpus_vectors: np.ndarray, config: MiningConfig, stats: dict
+) -> None:
+    """`config.num_negatives` rounds of the walk, each row's picks appended to its `negative_ids`. `guards` says
+    what a query may never take (`position`, `forbidden(qid)`, `blocked(qid)`)."""
     items = np.array([guards.position[r.positive_id] for r in rows], dtype=np.int64)
     row_vectors = corpus_vectors[items]
     search, candidates, k = least_similar_candidates(row_vectors, corpus_vectors, config, stats)  # for every round

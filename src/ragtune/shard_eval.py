@@ -21,7 +21,7 @@ from ragtune.data import read_jsonl, read_qrels
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import DEPTH, EvalResult, score_run
 from ragtune.faiss_search import read_index, search_chunked
-from ragtune.index import INDEX_META, check_query_model, encoder_for
+from ragtune.index import INDEX_META, check_query_model, doc_ids, encoder_for
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def evaluate_from_shards(
                 "must search the same corpus to be compared"
             )
         result.corpus = meta["count"]
-        missing = wanted - set(_names(folder, wanted=wanted).values())
+        missing = wanted - set(doc_ids(folder, wanted=wanted).values())
         if missing:
             raise RagtuneError(
                 f"{queries}: qrels/{split}.tsv judges {len(missing)} passage(s) not in {folder}, e.g. "
@@ -101,7 +101,7 @@ def evaluate_from_shards(
         if nprobe is not None and hasattr(index, "nprobe"):
             index.nprobe = nprobe
         scores, positions = search_chunked(index, vectors, DEPTH)
-        names = _names(folder, positions={int(p) for p in np.unique(positions) if p >= 0})
+        names = doc_ids(folder, positions={int(p) for p in np.unique(positions) if p >= 0})
         run = {
             q: {names[int(p)]: float(s) for s, p in zip(scores[n], positions[n], strict=True) if p >= 0}
             for n, q in enumerate(qids)
@@ -115,20 +115,6 @@ def _meta(folder: Path) -> dict:
     if not (folder / INDEX_META).is_file():
         raise RagtuneError(f"{folder}: not a ragtune index (no {INDEX_META}); build one with `ragtune index`")
     return json.loads((folder / INDEX_META).read_text())
-
-
-def _names(folder: Path, positions: set[int] | None = None, wanted: set[str] | None = None) -> dict[int, str]:
-    """Position -> passage id for the given positions, or for the passages whose ids are `wanted`: one pass over
-    `docs.jsonl`, keeping only those (the whole id list of a 50M-passage index would be gigabytes)."""
-    found = {}
-    with (folder / "docs.jsonl").open(encoding="utf-8") as f:
-        for position, line in enumerate(f):
-            if positions is not None and position not in positions:
-                continue
-            pid = json.loads(line)["id"]
-            if wanted is None or pid in wanted:
-                found[position] = pid
-    return found
 
 
 def compare_from_shards(

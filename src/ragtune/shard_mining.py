@@ -80,13 +80,13 @@ def pair_rows(paths: list[str], query_column: str, positive_column: str) -> list
 def held_out_mask(index: Path, paths: list[str], query_column: str, positive_column: str) -> np.ndarray | None:
     """The passages of an index that are positives of the rows of `paths` (e.g. the test pairs), as a boolean mask
     in index order; None without files. `docs.jsonl` is streamed: only the held-out ids are kept."""
-    from ragtune.shard_eval import _names
+    from ragtune.index import doc_ids
 
     if not paths:
         return None
     rows = pair_rows(paths, query_column, positive_column)
     wanted = {p for _, p, _ in rows}
-    found = _names(index, wanted=wanted)
+    found = doc_ids(index, wanted=wanted)
     missing = wanted - set(found.values())
     if missing:
         where = next(w for _, p, w in rows if p in missing)
@@ -105,8 +105,8 @@ def least_similar_from_shards(
     import faiss
 
     from ragtune.faiss_search import read_index
-    from ragtune.mining import _least_similar
-    from ragtune.shards import SHA1_FILE
+    from ragtune.index import SHA1_FILE
+    from ragtune.mining import least_similar_negatives
 
     meta = json.loads((index / "index.json").read_text())
     if meta.get("faiss", "flat") != "flat":
@@ -125,5 +125,5 @@ def least_similar_from_shards(
     walk_rows = [Row(query, positive, 1.0) for query, positive, _ in rows]
     guards = _ShardGuards(ids, np.fromfile(index / SHA1_FILE, dtype="S20"), walk_rows, held_out)
     stats: dict = {"strategy": "least-similar", "rows": len(rows), "corpus": len(ids)}
-    _least_similar(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
+    least_similar_negatives(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
     return [r.negative_ids for r in walk_rows], stats

@@ -28,13 +28,13 @@ import numpy as np
 
 from ragtune.embeddings import ENGINE, Encoder
 from ragtune.errors import RagtuneError
+from ragtune.index import SHA1_FILE
 from ragtune.outputs import claim_folder, replace_folder, write_json
 
 log = logging.getLogger(__name__)
 
 SHARDS_META = "shards.json"
 IVF_DATA = "lists.ivfdata"  # an IVF-PQ index from shards: its inverted lists, memory-mapped by every reader
-SHA1_FILE = "sha1.bin"  # an index from shards: the sha1 of each passage's text, 20 bytes each, in vector order
 _ROWS_PER_BLOCK = 4096  # rows one actor call encodes (sorted by length inside, so batches pad little)
 
 
