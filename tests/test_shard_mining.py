@@ -100,3 +100,40 @@ def test_what_the_walk_cannot_use_is_a_one_line_error(tiny_model, tmp_path):
         pair_rows([str(stranger)], "query", "positive_id")
     with pytest.raises(RagtuneError, match=r"where-1: positive id 'nowhere' is not in the index"):
         least_similar_from_shards(exact, [("q", "nowhere", "where-1")], 1)
+
+
+def test_mined_rows_become_a_training_folder_that_trains(tiny_model, tmp_path):
+    from test_shard_index import write_shards
+
+    from ragtune.config import TrainConfig
+    from ragtune.data import load_ragtune_data
+    from ragtune.shard_mining import training_data_from_shards
+    from ragtune.train import train
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    write_shards(tmp_path / "shards", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    index = index_from_shards(tmp_path / "shards", tmp_path / "index")
+    rows = [(f"what is passage {i}?", f"p{i}", "x") for i in range(0, 300, 3)]
+    negatives, _ = least_similar_from_shards(index, rows, 2)
+    (tmp_path / "mined").mkdir()
+    table = {"query": [q for q, _, _ in rows], "positive_id": [p for _, p, _ in rows], "negative_ids": negatives}
+    pq.write_table(pa.table(table), tmp_path / "mined" / "part-00000.parquet")
+
+    folder = training_data_from_shards(tmp_path / "mined", index, tmp_path / "train-data")
+    data = load_ragtune_data(folder)
+    assert sorted(data.splits["train"]) == sorted(data.queries) and len(data.queries) == 100
+    assert set(data.splits) == {"train"}  # no validation: training keeps its last checkpoint
+    by_text = {t: q for q, t in data.queries.items()}
+    for (query, positive, _), negs in zip(rows, negatives, strict=True):
+        assert data.qrels[by_text[query]] == {positive: 1.0}
+        assert data.corpus[positive] == f"passage {positive[1:]}"  # the text the index holds for that id
+        assert all(data.corpus[n] == f"passage {n[1:]}" for n in negs)
+    result = train(str(tiny_model), folder, tmp_path / "tuned", TrainConfig(epochs=1, batch_size=8))
+    assert result.steps == 13 and (result.model_dir / "config.json").is_file()
+
+    (tmp_path / "other").mkdir()
+    table["negative_ids"] = [["p0", "elsewhere"]] + negatives[1:]
+    pq.write_table(pa.table(table), tmp_path / "other" / "part-00000.parquet")
+    with pytest.raises(RagtuneError, match=r"passage 'elsewhere' is not in .*index \(mined over another index\?\)"):
+        training_data_from_shards(tmp_path / "other", index, tmp_path / "train-2")

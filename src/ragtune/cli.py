@@ -694,10 +694,13 @@ def mine_shards_cmd(
             help="Held-out (e.g. test) pairs, same columns: their positives are never negatives (repeatable)."
         ),
     ] = None,
+    training_data: Annotated[
+        Path | None, typer.Option(help="Also write the rows with their texts as a `ragtune train --data` folder here.")
+    ] = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Hard negatives for (query, positive id) files, mined on a Ray cluster by actors holding the model and the index;
-    ragtune's process never holds the pairs or the corpus. No splits, groups or margins: `ragtune mine` does those.
+    ragtune's process never holds the pairs or the corpus. No groups or margins: `ragtune mine` does those.
     --strategy least-similar walks the rows in order here, over the exact index's vectors."""
     from ragtune.config import EngineConfig
     from ragtune.ray_engine import engine_for
@@ -716,8 +719,11 @@ def mine_shards_cmd(
             nprobe,
             strategy,
             held_out or [],
+            training_data,
         )
     typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
+    if training_data:
+        typer.echo(f"training folder: {training_data} (`ragtune train --data {training_data}`)")
 
 
 @app.command("evaluate-shards")

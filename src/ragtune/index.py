@@ -317,12 +317,17 @@ def parse_filters(items: list[str]) -> dict:
 def doc_ids(folder: Path, positions: set[int] | None = None, wanted: set[str] | None = None) -> dict[int, str]:
     """Position -> passage id of an index folder, for the given positions, or for the passages whose ids are
     `wanted`: one pass over `docs.jsonl`, keeping only those (the id list of a 50M-passage index is gigabytes)."""
+    return {position: doc["id"] for position, doc in documents_where(folder, positions, wanted).items()}
+
+
+def documents_where(folder: Path, positions: set[int] | None = None, wanted: set[str] | None = None) -> dict[int, dict]:
+    """Position -> document record (id, text, metadata) of an index folder, as `doc_ids` selects them."""
     found = {}
     with (folder / "docs.jsonl").open(encoding="utf-8") as f:
         for position, line in enumerate(f):
             if positions is not None and position not in positions:
                 continue
-            pid = json.loads(line)["id"]
-            if wanted is None or pid in wanted:
-                found[position] = pid
+            doc = json.loads(line)
+            if wanted is None or doc["id"] in wanted:
+                found[position] = doc
     return found

@@ -127,3 +127,43 @@ def least_similar_from_shards(
     stats: dict = {"strategy": "least-similar", "rows": len(rows), "corpus": len(ids)}
     least_similar_negatives(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
     return [r.negative_ids for r in walk_rows], stats
+
+
+def training_data_from_shards(mined: str | Path, index: str | Path, out: str | Path) -> Path:
+    """A `ragtune train --data` folder from the rows `mine_from_shards` wrote to `mined` (query, positive id,
+    negative ids): every row in the train split, with the texts of its positive and negatives read from `index`'s
+    `docs.jsonl` (streamed, keeping only those passages). It has no validation split (training then keeps its last
+    checkpoint): a validation over the whole corpus is `evaluate_from_shards`' job, after indexing the tuned model.
+
+    Returns:
+        The folder.
+    """
+    import pyarrow.parquet as pq
+
+    from ragtune.data import LoadStats, PairData, text_id
+    from ragtune.index import documents_where
+    from ragtune.outputs import claim_folder, replace_folder
+    from ragtune.splits import save_splits
+
+    mined, index, out = Path(mined), Path(index), Path(out)
+    files = sorted(mined.glob("*.parquet"))
+    if not files:
+        raise RagtuneError(f"{mined}: no mined rows (.parquet files from mine_from_shards)")
+    claim_folder(out, "data", [mined, index])
+    records = [r for f in files for r in pq.read_table(f, columns=["query", "positive_id", "negative_ids"]).to_pylist()]
+    wanted = {r["positive_id"] for r in records} | {n for r in records for n in r["negative_ids"]}
+    texts = {doc["id"]: doc["text"] for doc in documents_where(index, wanted=wanted).values()}
+    missing = wanted - set(texts)
+    if missing:
+        raise RagtuneError(f"{mined}: passage {sorted(missing)[0]!r} is not in {index} (mined over another index?)")
+    queries, qrels, rows = {}, {}, []
+    for r in records:
+        qid = text_id("q", r["query"])
+        queries[qid] = r["query"]
+        qrels.setdefault(qid, {})[r["positive_id"]] = 1.0
+        rows.append(Row(qid, r["positive_id"], 1.0, list(r["negative_ids"])))
+    data = PairData(texts, queries, qrels, LoadStats(source=str(mined), format="mined shards"))
+    with replace_folder(out, "data") as new:
+        save_splits(data, rows, {"train": list(queries)}, new, {"mined": str(mined), "index": str(index)})
+    log.info("training folder %s: %d rows, %d passages", out, len(rows), len(texts))
+    return out

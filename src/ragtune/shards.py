@@ -577,6 +577,7 @@ def mine_from_shards(
     nprobe: int = 32,
     strategy: str = "hard",
     held_out: list[str | Path] = (),
+    training_data: str | Path | None = None,
 ) -> Path:
     """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
     `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
@@ -597,15 +598,13 @@ def mine_from_shards(
         strategy: "hard", or "least-similar" (an exact index; range_min, range_max and nprobe do not apply).
         held_out: Files of (query, positive id) rows held out for evaluation (the same columns as `pairs`): their
             positives are never anyone's negatives, so training never pushes a test answer away.
+        training_data: Also write the rows, with their passages' texts, as a `ragtune train --data` folder here
+            (`ragtune.shard_mining.training_data_from_shards`).
 
     Returns:
         The output folder.
     """
-    import faiss
-    import ray
-
-    from ragtune.faiss_search import read_index
-    from ragtune.shard_mining import held_out_mask
+    from ragtune.shard_mining import held_out_mask, training_data_from_shards
 
     if strategy not in ("hard", "least-similar"):
         raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
@@ -616,32 +615,46 @@ def mine_from_shards(
     claim_folder(out, "mined shards", paths + held + [str(index)])
     excluded = held_out_mask(index, held, query_column, positive_column)
     if strategy == "least-similar":
-        return _least_similar_to_parquet(index, paths, out, (query_column, positive_column), num_negatives, excluded)
+        _least_similar_to_parquet(index, paths, out, (query_column, positive_column), num_negatives, excluded)
+    else:
+        settings = {
+            "num_negatives": num_negatives,
+            "range_min": range_min,
+            "range_max": range_max,
+            "extra": 8,  # room for the positive and copies of it
+            "nprobe": nprobe,
+            "batch_size": 64,
+        }
+        _hard_to_parquet(index, paths, out, (query_column, positive_column), settings, excluded, engine)
+    if training_data is not None:
+        training_data_from_shards(out, index, training_data)
+    return out
+
+
+def _hard_to_parquet(
+    index: Path, paths: list[str], out: Path, columns: tuple, settings: dict, excluded, engine
+) -> None:
+    import faiss
+    import ray
+
+    from ragtune.faiss_search import read_index
+
     # An on-disk index serializes as a reference to its lists file: actors map that file (a shared filesystem, as
     # for the docs they read), they do not get copies of it.
     blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
     actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    settings = {
-        "num_negatives": num_negatives,
-        "range_min": range_min,
-        "range_max": range_max,
-        "extra": 8,  # room for the positive and copies of it
-        "nprobe": nprobe,
-        "batch_size": 64,
-    }
     with replace_folder(out, "mined shards") as new, _cluster_errors():
-        _read(paths, [query_column, positive_column]).map_batches(
+        _read(paths, list(columns)).map_batches(
             _MineRows,
-            fn_constructor_args=(str(index), blob, settings, (query_column, positive_column), ray.put(excluded)),
+            fn_constructor_args=(str(index), blob, settings, columns, ray.put(excluded)),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
         ).write_parquet(str(new), ray_remote_args={"num_cpus": 0})
-    return out
 
 
-def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns: tuple, n: int, excluded) -> Path:
+def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns: tuple, n: int, excluded) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -657,4 +670,3 @@ def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns:
     }
     with replace_folder(out, "mined shards") as new:
         pq.write_table(pa.table(table), new / "part-00000.parquet")
-    return out

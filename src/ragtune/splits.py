@@ -171,18 +171,18 @@ def save_splits(
     for name in SPLITS:
         split_rows = [r for q in split_ids.get(name, []) for r in by_query.get(q, [])]
         records = rows_to_records(data, split_rows)
-        if records:
+        if records:  # an empty split is left out: `datasets` writes no data file for it, and cannot read it back
             parts[name] = datasets.Dataset.from_list(records)
-        else:
-            template = rows_to_records(data, rows[:1])[0]
-            parts[name] = datasets.Dataset.from_dict({k: [] for k in template})
     dd = datasets.DatasetDict(parts)
     folder.mkdir(parents=True, exist_ok=True)
     dd.save_to_disk(str(folder))
     corpus = datasets.Dataset.from_dict({"id": list(data.corpus), "text": list(data.corpus.values())})
     corpus.save_to_disk(str(folder / "corpus"))
     meta = {
-        "splits": {name: {"queries": len(split_ids.get(name, [])), "rows": len(parts[name])} for name in SPLITS},
+        "splits": {
+            name: {"queries": len(split_ids.get(name, [])), "rows": len(parts[name]) if name in parts else 0}
+            for name in SPLITS
+        },
         "corpus": len(data.corpus),
         "load_stats": data.stats.to_dict(),
         **(extra_meta or {}),
