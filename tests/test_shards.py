@@ -85,37 +85,42 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
     folder.mkdir()
     for f in corpus:
         (folder / f.name).write_bytes(f.read_bytes())
-    command = ["index", str(tiny_model), str(folder), "--out", str(tmp_path / "index-cli")]
-    refused = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli"), "--add"])
-    assert isinstance(refused.exception, RagtuneError)  # `ragtune` prints it as one line, exit 2
-    assert "--shards builds a new dense index" in str(refused.exception)
-    done = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])
-    assert done.exit_code == 0 and f"indexed {len(ids)} documents" in done.output, done.output
-    again = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])  # nothing new to encode
-    assert again.exit_code == 0 and f"{len(ids)} vectors reused" in again.output, again.output
-    mined_cli = CliRunner().invoke(app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-cli")])
-    assert mined_cli.exit_code == 0, mined_cli.output
-    # Held-out pairs (the last 300 rows, say a test split): their positives are nobody's negatives on the cluster.
-    test = write_jsonl(tmp_path / "test.jsonl", [json.loads(line) for line in pairs.read_text().splitlines()[-300:]])
-    held_out = {json.loads(line)["positive_id"] for line in test.read_text().splitlines()}
-    guarded = CliRunner().invoke(
-        app,
-        ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-held"), "--held-out", str(test)]
-        + ["--training-data", str(tmp_path / "train-data")],
-    )
-    assert guarded.exit_code == 0, guarded.output
-    trainable = load_ragtune_data(tmp_path / "train-data")  # what `ragtune train --data` reads
-    assert sum(len(r) for r in trainable.qrels.values()) == len(mined) and set(trainable.splits) == {"train"}
-    kept = [r for f in sorted((tmp_path / "neg-held").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert len(kept) == len(mined) and not {n for r in kept for n in r["negative_ids"]} & held_out
-    unguarded = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert {n for r in unguarded for n in r["negative_ids"]} & held_out  # without it, some were
-    # The least-similar walk: its first search as Ray tasks (from 512 rows here), the picks as in this process.
-    walk = ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "walk"), "--strategy", "least-similar"]
-    walked = CliRunner().invoke(app, walk)
-    assert walked.exit_code == 0, walked.output
-    expected, _ = least_similar_from_shards(exact, pair_rows([str(pairs)], "query", "positive_id"), 1)
-    assert [r["negative_ids"] for r in pq.read_table(tmp_path / "walk" / "part-00000.parquet").to_pylist()] == expected
+    with ray_engine(actors=2):  # one cluster for every command below (each would start its own)
+        command = ["index", str(tiny_model), str(folder), "--out", str(tmp_path / "index-cli")]
+        refused = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli"), "--add"])
+        assert isinstance(refused.exception, RagtuneError)  # `ragtune` prints it as one line, exit 2
+        assert "--shards builds a new dense index" in str(refused.exception)
+        done = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])
+        assert done.exit_code == 0 and f"indexed {len(ids)} documents" in done.output, done.output
+        again = CliRunner().invoke(app, [*command, "--shards", str(tmp_path / "shards-cli")])  # nothing new to encode
+        assert again.exit_code == 0 and f"{len(ids)} vectors reused" in again.output, again.output
+        mined_cli = CliRunner().invoke(app, ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-cli")])
+        assert mined_cli.exit_code == 0, mined_cli.output
+        # Held-out pairs (the last 300 rows, say a test split): their positives are nobody's negatives on the cluster.
+        test = write_jsonl(
+            tmp_path / "test.jsonl", [json.loads(line) for line in pairs.read_text().splitlines()[-300:]]
+        )
+        held_out = {json.loads(line)["positive_id"] for line in test.read_text().splitlines()}
+        guarded = CliRunner().invoke(
+            app,
+            ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "neg-held"), "--held-out", str(test)]
+            + ["--training-data", str(tmp_path / "train-data")],
+        )
+        assert guarded.exit_code == 0, guarded.output
+        trainable = load_ragtune_data(tmp_path / "train-data")  # what `ragtune train --data` reads
+        assert sum(len(r) for r in trainable.qrels.values()) == len(mined) and set(trainable.splits) == {"train"}
+        kept = [r for f in sorted((tmp_path / "neg-held").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        assert len(kept) == len(mined) and not {n for r in kept for n in r["negative_ids"]} & held_out
+        unguarded = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        assert {n for r in unguarded for n in r["negative_ids"]} & held_out  # without it, some were
+        # The least-similar walk: its first search as Ray tasks (from 512 rows here), the picks as in this process.
+        walk = ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "walk"), "--strategy", "least-similar"]
+        walked = CliRunner().invoke(app, walk)
+        assert walked.exit_code == 0, walked.output
+        expected, _ = least_similar_from_shards(exact, pair_rows([str(pairs)], "query", "positive_id"), 1)
+        assert [
+            r["negative_ids"] for r in pq.read_table(tmp_path / "walk" / "part-00000.parquet").to_pylist()
+        ] == expected
 
     assert shards.meta["count"] == len(ids) and len(shards.files) >= 2
     table = [r for f in shards.files for r in pq.read_table(f).to_pylist()]
@@ -235,6 +240,7 @@ def test_from_corpus_files_to_a_tuned_model_judged_over_the_whole_corpus(tiny_mo
 
     from ragtune.cli import app
     from ragtune.pipeline import evaluate_stage
+    from ragtune.ray_engine import ray_engine
 
     rows = toy_rows(1000)
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": r["passage"]} for i, r in enumerate(rows)])
@@ -251,17 +257,18 @@ def test_from_corpus_files_to_a_tuned_model_judged_over_the_whole_corpus(tiny_mo
         assert done.exit_code == 0, done.output
         return done.output
 
-    ragtune("index", tiny_model, corpus, "--out", tmp_path / "idx-base", "--shards", tmp_path / "shards-base")
-    ragtune(
-        "mine-shards", tmp_path / "idx-base", train, "--out", tmp_path / "negatives", "--held-out", test,
-        "--training-data", tmp_path / "train-data",
-    )  # fmt: skip
-    ragtune("train", "--data", tmp_path / "train-data", "--out", tmp_path / "tuned", "--model", tiny_model)
-    tuned = tmp_path / "tuned" / "model"
-    ragtune("index", tuned, corpus, "--out", tmp_path / "idx-tuned", "--shards", tmp_path / "shards-tuned")
-    out = tmp_path / "result.json"
-    evaluate = ["evaluate-shards", f"base={tmp_path / 'idx-base'}", f"tuned={tmp_path / 'idx-tuned'}"]
-    ragtune(*evaluate, "--data", beir, "--split", "test", "--ray", "--output-json", out)
+    with ray_engine(actors=2):  # one cluster for every command (each would start its own)
+        ragtune("index", tiny_model, corpus, "--out", tmp_path / "idx-base", "--shards", tmp_path / "shards-base")
+        ragtune(
+            "mine-shards", tmp_path / "idx-base", train, "--out", tmp_path / "negatives", "--held-out", test,
+            "--training-data", tmp_path / "train-data",
+        )  # fmt: skip
+        ragtune("train", "--data", tmp_path / "train-data", "--out", tmp_path / "tuned", "--model", tiny_model)
+        tuned = tmp_path / "tuned" / "model"
+        ragtune("index", tuned, corpus, "--out", tmp_path / "idx-tuned", "--shards", tmp_path / "shards-tuned")
+        out = tmp_path / "result.json"
+        evaluate = ["evaluate-shards", f"base={tmp_path / 'idx-base'}", f"tuned={tmp_path / 'idx-tuned'}"]
+        ragtune(*evaluate, "--data", beir, "--split", "test", "--ray", "--output-json", out)
 
     result = json.loads(out.read_text())
     assert result["queries"] == 200 and result["corpus"] == 1000 and result["systems"] == ["base", "tuned"]
