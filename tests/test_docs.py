@@ -7,15 +7,18 @@ block by block in the order a reader meets them (README, then the site's pages i
 use what earlier ones made (`runs/pubmedqa`, `runs/mine`); each site page starts from a copy of what the README's
 blocks left, less the search index `runs/mine/index` (the quickstart builds it again, as a reader new to it would).
 A `yaml` block that defines `output_dir: runs/mine` is written as `my-run.yaml` for the `ragtune run my-run.yaml`
-after it. Three adaptations, and only these:
+after it. Four adaptations, and only these:
 - set-up and test lines (`python3 -m venv`, `pip install`, `apt-get`, `ruff check`, `pytest`) are not run: they are
   what `.ci/run` itself executes;
 - `ragtune run` gets `--set data.max_pairs=60 --set train.epochs=1 --allow-regression` (tiny data, where the tuned
   and base model often tie; the model stays the real one);
 - `ragtune serve` is started in the background on a free port (the block's `127.0.0.1:8000` is pointed at it), the
-  next lines of its block run against it, and it is stopped.
+  next lines of its block run against it, and it is stopped;
+- a block whose commands use `--ray-address auto` (a reader's running cluster) runs with a local Ray cluster started
+  for it (`ray start --head`, loopback, no dashboard) and stopped after.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,13 +148,20 @@ def _sandbox(tmp_path: Path) -> Path:
     (users / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(30))
     )
+    shutil.copytree(users, work / "users-beir")
+    (work / "corpus").mkdir()
+    write_jsonl(work / "corpus" / "part-000.jsonl", corpus[:15])  # the shard path reads a folder of corpus files
+    write_jsonl(work / "corpus" / "part-001.jsonl", corpus[15:])
+    pairs = [{"query": r["query"], "positive_id": f"d{i}"} for i, r in enumerate(toy_rows(30))]
+    write_jsonl(work / "train.jsonl", pairs[:24])
+    write_jsonl(work / "test.jsonl", pairs[24:])
     return work
 
 
 def _commands(block: str) -> list[str]:
-    """A block's commands: `a && b` chains split, set-up steps dropped, comments kept out."""
+    """A block's commands: continued lines joined, `a && b` chains split, set-up steps dropped, comments kept out."""
     out = []
-    for line in block.splitlines():
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
         line = line.split("  #")[0].strip()
         for part in (p.strip() for p in line.split(" && ")):
             if part and not part.startswith(SETUP):
@@ -195,22 +206,38 @@ def _run_page(page: Path, work: Path) -> list[str]:
         if lang != "bash":
             continue
         server, port = None, None
-        try:
-            for command in _commands(block):
-                if command.startswith("ragtune serve"):
-                    if server is not None:  # a second server in the block replaces the first
-                        _stop(server)
-                    server, port = _serve(command, work)
-                    continue
-                if port:
-                    command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-                done = _run(command, work)
-                assert done.returncode == 0, f"{page.name}: {command}\n{done.stdout}\n{done.stderr}"
-                ran.append(command)
-        finally:
-            if server is not None:
-                _stop(server)
+        cluster = _ray_cluster() if "--ray-address auto" in block else contextlib.nullcontext()
+        with cluster:
+            try:
+                for command in _commands(block):
+                    if command.startswith("ragtune serve"):
+                        if server is not None:  # a second server in the block replaces the first
+                            _stop(server)
+                        server, port = _serve(command, work)
+                        continue
+                    if port:
+                        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                    done = _run(command, work)
+                    assert done.returncode == 0, f"{page.name}: {command}\n{done.stdout}\n{done.stderr}"
+                    ran.append(command)
+            finally:
+                if server is not None:
+                    _stop(server)
     return ran
+
+
+@contextlib.contextmanager
+def _ray_cluster() -> Iterator[None]:
+    """A running Ray cluster on this machine (loopback, no dashboard) for a block's `--ray-address auto`, as a
+    reader's cluster would be; stopped after."""
+    ray = str(Path(sys.executable).parent / "ray")
+    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--num-cpus=2"]
+    start += ["--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(start, check=True, capture_output=True, timeout=300)
+    try:
+        yield
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=300)
 
 
 def _stop(server: subprocess.Popen) -> None:

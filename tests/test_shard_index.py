@@ -1,6 +1,7 @@
 """An index built from embedding shards without a cluster: the IVF-PQ lists on disk, merged from per-shard parts."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -83,3 +84,34 @@ def test_the_parts_are_removed_from_ragtunes_own_folder_never_from_a_users(tmp_p
         "sha1.bin",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".index")] == []
+
+
+def test_an_index_read_through_a_relative_path_is_found_from_another_working_directory(
+    tmp_path, monkeypatch, tiny_model
+):
+    """Ray workers do not share the driver's working directory: a serialized on-disk index must name its lists file
+    by an absolute path, and a model folder reaches the workers as one."""
+    import faiss
+
+    from ragtune.embeddings import Encoder
+    from ragtune.faiss_search import read_index
+    from ragtune.shards import index_from_shards
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    write_shards(tmp_path / "shards", vectors)
+    index_from_shards(tmp_path / "shards", tmp_path / "index", ivf_pq_from=1000, code_bytes=8)
+    shutil.copytree(tiny_model, tmp_path / "model")
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path)
+    blob = faiss.serialize_index(read_index("index/index.faiss"))
+    encoder = Encoder("model", cache_dir=tmp_path / "cache")
+    monkeypatch.chdir(tmp_path / "worker")
+    index = faiss.deserialize_index(blob)
+    index.nprobe = 8
+    _, found = index.search(vectors[:20], 1)
+    assert (found[:, 0] == np.arange(20)).mean() > 0.9
+    assert (
+        encoder.model_location == str((tmp_path / "model").resolve()) and Encoder("default").model_location == "default"
+    )

@@ -149,6 +149,10 @@ class Encoder:
         backend: str = "torch",
     ):
         self.model_name = str(model_name)
+        # The model as another process (a Ray worker, in its own working directory) finds it: a local folder made
+        # absolute now, anything else (a hub id, "default") as given.
+        local = Path(model_name)
+        self.model_location = str(local.resolve()) if local.is_dir() else self.model_name
         self.backend = backend
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size

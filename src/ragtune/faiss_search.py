@@ -28,11 +28,13 @@ def flat_index(vectors: np.ndarray):
 
 def read_index(path: Path | str):
     """A FAISS index file. An index whose inverted lists live in a file beside it (IVF-PQ built from shards) finds
-    them in the same folder wherever the folder has moved to, and maps them rather than reading them into memory."""
+    them in the same folder wherever the folder has moved to, and maps them rather than reading them into memory.
+    The path is made absolute: a serialized on-disk index names its lists file, and Ray workers do not share this
+    process' working directory."""
     import faiss
 
     with faiss_stdout_silenced():  # "updating ondisk filename from ... to ...": not for `ragtune search --json`
-        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        return faiss.read_index(str(Path(path).resolve()), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 @contextmanager

@@ -69,7 +69,7 @@ class RayEngine:
         found = ray.data.from_items(items).map_batches(
             _EncodeBatches,
             fn_constructor_kwargs={
-                "model": encoder.model_name,
+                "model": encoder.model_location,
                 "max_seq_length": encoder.max_seq_length,
                 "backend": encoder.backend,
             },

@@ -186,7 +186,7 @@ def _known_vectors(shards: Shards):
     """A Ray dataset of (sha1, vector) from earlier shards, one row per distinct text."""
     import ray.data
 
-    found = ray.data.read_parquet([str(f) for f in shards.files], columns=["sha1", "vector"], num_cpus=0)
+    found = ray.data.read_parquet([str(f.resolve()) for f in shards.files], columns=["sha1", "vector"], num_cpus=0)
     return found.groupby("sha1").map_groups(lambda group: group.slice(0, 1), batch_format="pyarrow")
 
 
@@ -253,7 +253,7 @@ def embed_shards(
         found = rows.map_batches(
             _EncodeRows,
             fn_constructor_kwargs={
-                "model": encoder.model_name,
+                "model": encoder.model_location,
                 "max_seq_length": encoder.max_seq_length,
                 "backend": encoder.backend,
                 "batch_size": encoder.batch_size,
@@ -269,7 +269,7 @@ def embed_shards(
             # Row groups of one block: a reader (the index build, each mining actor) holds one group at a time, and
             # Ray's default (a group per file) would make that a whole file's vectors.
             found.write_parquet(
-                str(new),
+                str(new.resolve()),  # the workers' working directory is not this process'
                 max_rows_per_file=rows_per_file,
                 row_group_size=min(_ROWS_PER_BLOCK, rows_per_file),
                 ray_remote_args={"num_cpus": 0},
@@ -646,12 +646,12 @@ def _hard_to_parquet(
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, list(columns)).map_batches(
             _MineRows,
-            fn_constructor_args=(str(index), blob, settings, columns, ray.put(excluded)),
+            fn_constructor_args=(str(index.resolve()), blob, settings, columns, ray.put(excluded)),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
-        ).write_parquet(str(new), ray_remote_args={"num_cpus": 0})
+        ).write_parquet(str(new.resolve()), ray_remote_args={"num_cpus": 0})
 
 
 def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns: tuple, n: int, excluded) -> None:
