@@ -18,7 +18,7 @@ from ragtune.errors import RagtuneError
 from ragtune.index import SHA1_FILE
 from ragtune.mining import _Guards, mine
 from ragtune.pipeline import prepare_stage
-from ragtune.shard_mining import _ShardGuards, held_out_mask, least_similar_from_shards, pair_rows
+from ragtune.shard_mining import PassageIds, _ShardGuards, held_out_mask, least_similar_from_shards, pair_rows
 from ragtune.shards import index_from_shards
 
 
@@ -137,3 +137,16 @@ def test_mined_rows_become_a_training_folder_that_trains(tiny_model, tmp_path):
     pq.write_table(pa.table(table), tmp_path / "other" / "part-00000.parquet")
     with pytest.raises(RagtuneError, match=r"passage 'elsewhere' is not in .*index \(mined over another index\?\)"):
         training_data_from_shards(tmp_path / "other", index, tmp_path / "train-2")
+
+
+def test_passage_ids_find_every_id_and_nothing_else(tmp_path):
+    import pickle
+
+    ids = ["p10", "p1", "b", "ünï-çødé/7", "p100", "a" * 40, "p2"]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in ids))
+    table = pickle.loads(pickle.dumps(PassageIds.read(tmp_path)))  # as the actors get it from the object store
+    assert [table.position(i) for i in ids] == list(range(len(ids)))
+    assert [table[n] for n in range(len(ids))] == ids
+    assert table.ids.dtype.itemsize == 40  # the longest id in bytes, not a Python object per id
+    for absent in ("p", "p3", "p1000", "a" * 39, "zz", ""):
+        assert table.position(absent) is None

@@ -28,7 +28,7 @@ import numpy as np
 
 from ragtune.embeddings import ENGINE, Encoder
 from ragtune.errors import RagtuneError
-from ragtune.index import SHA1_FILE
+from ragtune.index import INDEX_META, SHA1_FILE, encoder_for
 from ragtune.outputs import claim_folder, replace_folder, write_json
 
 log = logging.getLogger(__name__)
@@ -394,7 +394,6 @@ def index_from_shards(
     from faiss.contrib.ondisk import merge_ondisk
 
     from ragtune.faiss_search import faiss_stdout_silenced
-    from ragtune.index import INDEX_META
 
     source = Shards.load(shards)
     n, dim = source.meta["count"], source.meta["dim"]
@@ -517,21 +516,19 @@ def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
 class _MineRows:
     """Actor: the model and a copy of the index; each block of (query, positive id) rows gets its hard negatives."""
 
-    def __init__(self, index_folder: str, blob, settings: dict, columns: tuple, excluded):
+    def __init__(self, model: tuple, blob, ids, sha1, settings: dict, columns: tuple, excluded):
         import faiss
         import ray
 
         from ragtune.embeddings import load_model
 
-        meta = json.loads((Path(index_folder) / "index.json").read_text())
-        self.model = load_model(meta["model"], meta["max_seq_length"], backend=meta.get("backend", "torch"))
+        location, max_seq_length, backend = model
+        self.model = load_model(location, max_seq_length, backend=backend)
         self.index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = settings["nprobe"]
-        with (Path(index_folder) / "docs.jsonl").open(encoding="utf-8") as f:
-            self.ids = [json.loads(line)["id"] for line in f]
-        self.position = {d: i for i, d in enumerate(self.ids)}
-        self.sha1 = np.fromfile(Path(index_folder) / SHA1_FILE, dtype="S20")
+        self.ids = ray.get(ids)  # `PassageIds`, one copy in the object store per node, shared zero-copy
+        self.sha1 = ray.get(sha1)
         self.settings, (self.query_column, self.positive_column) = settings, columns
         self.excluded = ray.get(excluded)  # held-out passages (a boolean mask), never returned by the search
 
@@ -542,16 +539,16 @@ class _MineRows:
         _complete(rows, (self.query_column, self.positive_column))
         queries = [str(q) for q in rows[self.query_column]]
         positives = [str(p) for p in rows[self.positive_column]]
-        unknown = [(p, path) for p, path in zip(positives, rows["path"], strict=True) if p not in self.position]
+        own = [self.ids.position(p) for p in positives]
+        unknown = [(p, path) for p, path, i in zip(positives, rows["path"], own, strict=True) if i is None]
         if unknown:
             raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
         vectors = _encode_sorted(self.model, queries, s["batch_size"])
         # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
         _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
         negatives = []
-        for row, positive in zip(found, positives, strict=True):
-            own = self.position[positive]
-            pool = [c for c in row.tolist() if c >= 0 and c != own and self.sha1[c] != self.sha1[own]]
+        for row, mine in zip(found, own, strict=True):
+            pool = [c for c in row.tolist() if c >= 0 and c != mine and self.sha1[c] != self.sha1[mine]]
             picks = pool[: s["range_max"]][s["range_min"] : s["range_min"] + s["num_negatives"]]
             negatives.append([self.ids[c] for c in picks])
         import pyarrow as pa
@@ -638,15 +635,20 @@ def _hard_to_parquet(
     import ray
 
     from ragtune.faiss_search import read_index
+    from ragtune.shard_mining import PassageIds
 
-    # An on-disk index serializes as a reference to its lists file: actors map that file (a shared filesystem, as
-    # for the docs they read), they do not get copies of it.
+    # An on-disk index serializes as a reference to its lists file: actors map that file (on storage every node
+    # sees), they do not get copies of it.
     blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
+    ids = ray.put(PassageIds.read(index))
+    encoder = encoder_for(json.loads((index / INDEX_META).read_text()))  # the model the index was built with
+    model = (encoder.model_location, encoder.max_seq_length, encoder.backend)
+    sha1 = ray.put(np.fromfile(index / SHA1_FILE, dtype="S20"))
     actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, list(columns)).map_batches(
             _MineRows,
-            fn_constructor_args=(str(index.resolve()), blob, settings, columns, ray.put(excluded)),
+            fn_constructor_args=(model, blob, ids, sha1, settings, columns, ray.put(excluded)),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
