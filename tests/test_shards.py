@@ -31,6 +31,8 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
     rows = toy_rows(N)
     for i, r in enumerate(rows):
         r["passage"] = r["passage"] + " It also matters." * (i % 17)
+    # Every tenth query has a second answer (another row, maybe mined by another actor): neither may be its negative.
+    rows += [{**r, "passage": r["passage"].replace("has job", "has a second job")} for r in rows[::10]]
     prepare_stage(DataConfig(path=str(write_jsonl(tmp_path / "pairs.jsonl", rows))), tmp_path / "prepared")
     mine_stage(
         tmp_path / "prepared",
@@ -158,6 +160,11 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
 
     negatives = [r for f in sorted((tmp_path / "negatives").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert len(negatives) == len(mined)
+    positives: dict[str, set[str]] = {}
+    for r in mined:
+        positives.setdefault(data.queries[r["query_id"]], set()).add(r["positive_id"])
+    assert sum(len(p) == 2 for p in positives.values()) == N // 10
+    assert not [r for r in negatives if set(r["negative_ids"]) & positives[r["query"]]]
     ours = {(r["query"], r["positive_id"]): r["negative_ids"] for r in negatives}
     from_cli = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {(r["query"], r["positive_id"]): r["negative_ids"] for r in from_cli} == ours  # the command is the API

@@ -516,7 +516,7 @@ def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
 class _MineRows:
     """Actor: the model and a copy of the index; each block of (query, positive id) rows gets its hard negatives."""
 
-    def __init__(self, model: tuple, blob, ids, sha1, settings: dict, columns: tuple, excluded):
+    def __init__(self, model: tuple, blob, ids, sha1, siblings, settings: dict, columns: tuple, excluded):
         import faiss
         import ray
 
@@ -529,6 +529,7 @@ class _MineRows:
             self.index.nprobe = settings["nprobe"]
         self.ids = ray.get(ids)  # `PassageIds`, one copy in the object store per node, shared zero-copy
         self.sha1 = ray.get(sha1)
+        self.siblings = ray.get(siblings)  # query -> positions of all its positives, for queries with several
         self.settings, (self.query_column, self.positive_column) = settings, columns
         self.excluded = ray.get(excluded)  # held-out passages (a boolean mask), never returned by the search
 
@@ -547,8 +548,10 @@ class _MineRows:
         # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
         _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
         negatives = []
-        for row, mine in zip(found, own, strict=True):
-            pool = [c for c in row.tolist() if c >= 0 and c != mine and self.sha1[c] != self.sha1[mine]]
+        for row, query, mine in zip(found, queries, own, strict=True):
+            answers = self.siblings.get(query, (mine,))
+            texts = {self.sha1[a] for a in answers}
+            pool = [c for c in row.tolist() if c >= 0 and c not in answers and self.sha1[c] not in texts]
             picks = pool[: s["range_max"]][s["range_min"] : s["range_min"] + s["num_negatives"]]
             negatives.append([self.ids[c] for c in picks])
         import pyarrow as pa
@@ -578,9 +581,10 @@ def mine_from_shards(
 ) -> Path:
     """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
     `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
-    in `out`. A row gets the candidates ranked `range_min`..`range_max` (after dropping its positive and passages
-    with the positive's exact text), the top `num_negatives` of them; rows are not otherwise screened (no margin,
-    no groups, no held-out passages: those need the whole dataset, as `ragtune mine` has it).
+    in `out`. A row gets the candidates ranked `range_min`..`range_max` (after dropping every positive of its query,
+    in any of the files, passages with a positive's exact text and held-out passages), the top `num_negatives` of
+    them; rows are not otherwise screened (no margin, no groups: those need every vector or the prepared dataset in
+    one place, as `ragtune mine` has them).
 
     `strategy="least-similar"`: the classic walk instead (`ragtune.shard_mining`): each row, in file order, gets
     the passages least similar to its positive that no earlier row took and that are neither a positive of its query
@@ -618,7 +622,7 @@ def mine_from_shards(
             "num_negatives": num_negatives,
             "range_min": range_min,
             "range_max": range_max,
-            "extra": 8,  # room for the positive and copies of it
+            "extra": 8,  # room for the positives and copies of them (more where a query has more positives)
             "nprobe": nprobe,
             "batch_size": 64,
         }
@@ -640,20 +644,54 @@ def _hard_to_parquet(
     # An on-disk index serializes as a reference to its lists file: actors map that file (on storage every node
     # sees), they do not get copies of it.
     blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
-    ids = ray.put(PassageIds.read(index))
+    actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    table = PassageIds.read(index)
+    siblings = _query_positives(paths, columns, table, partitions=2 * actors)
+    settings = {**settings, "extra": settings["extra"] + max(map(len, siblings.values()), default=0)}
+    ids, siblings = ray.put(table), ray.put(siblings)
+    del table  # the object store holds it now
     encoder = encoder_for(json.loads((index / INDEX_META).read_text()))  # the model the index was built with
     model = (encoder.model_location, encoder.max_seq_length, encoder.backend)
     sha1 = ray.put(np.fromfile(index / SHA1_FILE, dtype="S20"))
-    actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, list(columns)).map_batches(
             _MineRows,
-            fn_constructor_args=(model, blob, ids, sha1, settings, columns, ray.put(excluded)),
+            fn_constructor_args=(model, blob, ids, sha1, siblings, settings, columns, ray.put(excluded)),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
         ).write_parquet(str(new.resolve()), ray_remote_args={"num_cpus": 0})
+
+
+def _query_positives(paths: list[str], columns: tuple, ids, partitions: int) -> dict[str, tuple[int, ...]]:
+    """Query -> the index positions of its positives, for the queries that have more than one (rows of the same
+    query text, in any file): grouped on the cluster, so this process holds only those queries."""
+    # Partitions as the cluster has CPUs: Ray's default (200) took 90 s for 3,300 rows on 2 CPUs, 2 took 5 s.
+    grouped = _read(paths, list(columns)).groupby(columns[0], num_partitions=partitions)
+    with _cluster_errors():
+        found = grouped.map_groups(
+            _several_positives, fn_kwargs={"columns": columns}, batch_format="pyarrow"
+        ).take_all()
+    siblings = {}
+    for row in found:
+        positions = tuple(p for p in (ids.position(i) for i in row["positive_ids"]) if p is not None)
+        siblings[row["query"]] = positions  # unknown ids are reported by the mining actor that meets their row
+    return siblings
+
+
+def _several_positives(group, columns: tuple):
+    import pyarrow as pa
+
+    query_column, positive_column = columns
+    positives = sorted({str(p) for p in group.column(positive_column).to_pylist() if p is not None})
+    several = len(positives) > 1
+    return pa.table(
+        {
+            "query": pa.array([str(group.column(query_column)[0].as_py())] if several else [], type=pa.string()),
+            "positive_ids": pa.array([positives] if several else [], type=pa.list_(pa.string())),
+        }
+    )
 
 
 def _least_similar_to_parquet(index: Path, paths: list[str], out: Path, columns: tuple, n: int, excluded) -> None:
