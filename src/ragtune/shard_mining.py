@@ -7,6 +7,8 @@ index's float32 vectors. That is why it needs an exact index (below `index_from_
 index keeps only codes, and the walk's last resort is an exact search over the passages still free. The first
 search (every row's least similar candidates) runs as Ray tasks over the index from 8,192 rows on, as in one
 process; the walk itself is `ragtune.mining`'s, so the picks are the ones `ragtune mine` makes from the same vectors.
+
+`PassageIds`: an index's passage ids as compact arrays, what the hard-mining actors share (`ragtune.shards`).
 """
 
 from __future__ import annotations

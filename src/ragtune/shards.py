@@ -545,7 +545,7 @@ class _MineRows:
         if unknown:
             raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
         vectors = _encode_sorted(self.model, queries, s["batch_size"])
-        # As `ragtune mine --strategy hard`: the ranking minus the positive and passages with its exact text.
+        # As `ragtune mine --strategy hard`: the ranking minus the query's positives and passages with their texts.
         _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
         negatives = []
         for row, query, mine in zip(found, queries, own, strict=True):
