@@ -7,7 +7,8 @@ block by block in the order a reader meets them (README, then the site's pages i
 use what earlier ones made (`runs/pubmedqa`, `runs/mine`); each site page starts from a copy of what the README's
 blocks left, less the search index `runs/mine/index` (the quickstart builds it again, as a reader new to it would).
 A `yaml` block that defines `output_dir: runs/mine` is written as `my-run.yaml` for the `ragtune run my-run.yaml`
-after it. Four adaptations, and only these:
+after it; one whose first line is a comment naming a YAML file (`# shards-run.yaml: ...`) is written under that
+name. Four adaptations, and only these:
 - set-up and test lines (`python3 -m venv`, `pip install`, `apt-get`, `ruff check`, `pytest`) are not run: they are
   what `.ci/run` itself executes;
 - `ragtune run` gets `--set data.max_pairs=60 --set train.epochs=1 --allow-regression` (tiny data, where the tuned
@@ -203,6 +204,9 @@ def _run_page(page: Path, work: Path) -> list[str]:
     for lang, block in _blocks(page):
         if lang == "yaml" and "output_dir: runs/mine" in block:
             (work / "my-run.yaml").write_text(block)
+        named = re.match(r"# ([\w.-]+\.yaml):", block) if lang == "yaml" else None
+        if named:
+            (work / named.group(1)).write_text(block)
         if lang != "bash":
             continue
         server, port = None, None

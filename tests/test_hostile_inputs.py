@@ -17,7 +17,7 @@ from conftest import write_jsonl
 from helpers import toy_rows
 from typer.testing import CliRunner
 
-from ragtune import pipeline
+from ragtune import stages
 from ragtune.cli import app, main
 from ragtune.errors import RagtuneError
 from ragtune.outputs import MARKER, claim_folder, replace_folder, write_json
@@ -120,7 +120,7 @@ def test_legacy_run_folders_stay_replaceable(tmp_path):
     run = tmp_path / "run"
     (run / "prepared").mkdir(parents=True)
     (run / "config.yaml").write_text("output_dir: run\n")
-    (run / "prepared" / pipeline.STAGE_FILE).write_text('{"key": "x"}')
+    (run / "prepared" / stages.STAGE_FILE).write_text('{"key": "x"}')
     claim_folder(run, "run")
     assert (run / MARKER).exists()
     user = tmp_path / "user"
@@ -145,19 +145,19 @@ def test_a_stage_forgets_it_was_done_before_it_starts(tmp_path):
     """A run killed mid-stage must re-run that stage, not trust the marker of the previous version."""
     folder = tmp_path / "model"
     folder.mkdir()
-    pipeline.mark_done(folder, "old-key")
+    stages.mark_done(folder, "old-key")
 
     def crash():
         (folder / "weights.bin").write_text("half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pipeline._stage("train", folder, "new-key", crash)
-    assert not pipeline.stage_done(folder, "old-key")
-    assert not pipeline.stage_done(folder, "new-key")
+        stages.run_stage("train", folder, "new-key", crash)
+    assert not stages.stage_done(folder, "old-key")
+    assert not stages.stage_done(folder, "new-key")
     ran = []
-    assert pipeline._stage("train", folder, "new-key", lambda: ran.append(1))
-    assert ran == [1] and pipeline.stage_done(folder, "new-key")
+    assert stages.run_stage("train", folder, "new-key", lambda: ran.append(1))
+    assert ran == [1] and stages.stage_done(folder, "new-key")
 
 
 def test_index_add_that_crashes_keeps_the_old_index(tmp_path, tiny_model, monkeypatch):

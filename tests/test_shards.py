@@ -239,10 +239,11 @@ def test_a_rerun_encodes_only_new_texts_and_takes_the_rest_from_earlier_shards(t
     assert all(np.array_equal(r["vector"], before[i]["vector"]) for i, r in _shard_rows(again.folder).items())
 
 
-@pytest.mark.slow  # local Ray clusters (one per command) and a short training
-def test_from_corpus_files_to_a_tuned_model_judged_over_the_whole_corpus(tiny_model, tmp_path):
-    """The documented command sequence: index the corpus from shards, mine with a held-out test split into a training
-    folder, train, index again with the tuned model, evaluate both indexes on the test queries."""
+@pytest.mark.slow  # a local Ray cluster and a short training
+def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(tiny_model, tmp_path):
+    """`ragtune run` with `shards:`: the corpus only ever read by the cluster, the numbers those of the corpus in
+    memory, held-out answers never negatives, a rerun with nothing to do."""
+    import yaml
     from typer.testing import CliRunner
 
     from ragtune.cli import app
@@ -250,39 +251,76 @@ def test_from_corpus_files_to_a_tuned_model_judged_over_the_whole_corpus(tiny_mo
     from ragtune.ray_engine import ray_engine
 
     rows = toy_rows(1000)
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": r["passage"]} for i, r in enumerate(rows)])
-    pairs = [{"query": r["query"], "positive_id": f"d{i}"} for i, r in enumerate(rows)]
-    train, test = write_jsonl(tmp_path / "train.jsonl", pairs[:800]), write_jsonl(tmp_path / "test.jsonl", pairs[800:])
+    corpus = [{"id": f"d{i}", "text": r["passage"]} for i, r in enumerate(rows)]
+    (tmp_path / "corpus").mkdir()
+    write_jsonl(tmp_path / "corpus" / "part-0.jsonl", corpus[:600])
+    write_jsonl(tmp_path / "corpus" / "part-1.jsonl", corpus[600:])
+    pairs = [{"question": r["query"], "doc": f"d{i}"} for i, r in enumerate(rows)]
+    pairs += [{"question": rows[i]["query"], "doc": f"d{i + 1}"} for i in range(0, 1000, 50)]  # 20 with 2 answers
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    users = tmp_path / "users"  # another query set judged against the same corpus, as users' questions would be
+    (users / "qrels").mkdir(parents=True)
+    write_jsonl(
+        users / "queries.jsonl", [{"_id": f"u{i}", "text": f"{i} {rows[i]['query']}"} for i in range(0, 1000, 7)]
+    )
+    (users / "qrels" / "test.tsv").write_text("".join(f"u{i}\td{i}\t1\n" for i in range(0, 1000, 7)))
+    config = {
+        "base_model": str(tiny_model),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"path": str(tmp_path / "pairs.jsonl"), "query_column": "question"},
+        "shards": {"corpus": str(tmp_path / "corpus"), "positive_column": "doc"},
+        "mining": {"strategy": "hard"},
+        "train": {"batch_size": 16},
+        "eval_sets": [{"name": "users", "path": str(users), "split": "test"}],
+        "allow_regression": True,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+
+    with ray_engine(actors=2):  # `--ray` would start its own; one cluster for both runs here
+        done = CliRunner().invoke(app, ["run", str(tmp_path / "run.yaml"), "--ray"])
+        assert done.exit_code == 0, done.output
+        kept = [*(tmp_path / "run" / "model").rglob("*"), *(tmp_path / "run" / "base" / "shards").glob("*")]
+        model_files = {f: f.stat().st_mtime_ns for f in kept if f.is_file()}
+        again = CliRunner().invoke(app, ["run", str(tmp_path / "run.yaml"), "--ray"])
+        assert again.exit_code == 0, again.output
+    assert {f: f.stat().st_mtime_ns for f in model_files} == model_files  # nothing encoded or trained again
+
+    out = tmp_path / "run"
+    result = json.loads((out / "results.json").read_text())
+    split = result["split"]["splits"]
+    assert result["corpus"] == 1000 and split["test"]["queries"] == result["test_queries"] == 100
+    qrels = {name: _qrels(out / "split" / f"{name}.jsonl") for name in ("train", "validation", "test")}
+    assert not set(qrels["train"]) & set(qrels["test"]) and not set(qrels["validation"]) & set(qrels["test"])
+    assert sum(len(q) for q in qrels.values()) == 1000
+    assert sum(len(p) for q in qrels.values() for p in q.values()) == 1020  # every row, second answers too
+    held = {p for name in ("validation", "test") for ps in qrels[name].values() for p in ps}
+    mined = [r for f in sorted((out / "mined" / "rows").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(mined) == split["train"]["rows"] and all(r["negative_ids"] for r in mined)
+    assert not held & {n for r in mined for n in r["negative_ids"]}
+    assert all(not set(r["negative_ids"]) & set(qrels["train"][r["query"]]) for r in mined)
+
+    # The corpus in memory, one process: the same numbers, to the float rounding of the shards' vectors.
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
-    write_jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": r["query"]} for i, r in enumerate(rows)])
-    write_jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "text": r["passage"]} for i, r in enumerate(rows)])
-    (beir / "qrels" / "test.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(800, 1000)))
-
-    def ragtune(*args: str) -> str:
-        done = CliRunner().invoke(app, [str(a) for a in args])
-        assert done.exit_code == 0, done.output
-        return done.output
-
-    with ray_engine(actors=2):  # one cluster for every command (each would start its own)
-        ragtune("index", tiny_model, corpus, "--out", tmp_path / "idx-base", "--shards", tmp_path / "shards-base")
-        ragtune(
-            "mine-shards", tmp_path / "idx-base", train, "--out", tmp_path / "negatives", "--held-out", test,
-            "--training-data", tmp_path / "train-data",
-        )  # fmt: skip
-        ragtune("train", "--data", tmp_path / "train-data", "--out", tmp_path / "tuned", "--model", tiny_model)
-        tuned = tmp_path / "tuned" / "model"
-        ragtune("index", tuned, corpus, "--out", tmp_path / "idx-tuned", "--shards", tmp_path / "shards-tuned")
-        out = tmp_path / "result.json"
-        evaluate = ["evaluate-shards", f"base={tmp_path / 'idx-base'}", f"tuned={tmp_path / 'idx-tuned'}"]
-        ragtune(*evaluate, "--data", beir, "--split", "test", "--ray", "--output-json", out)
-
-    result = json.loads(out.read_text())
-    assert result["queries"] == 200 and result["corpus"] == 1000 and result["systems"] == ["base", "tuned"]
-    # The corpus in memory, one process: the same numbers up to float rounding of the shards' vectors.
-    alone = evaluate_stage({"base": str(tiny_model), "tuned": str(tuned)}, beir, "test", bm25=False)
+    write_jsonl(beir / "corpus.jsonl", [{"_id": d["id"], "text": d["text"]} for d in corpus])
+    (beir / "queries.jsonl").write_text((out / "split" / "queries.jsonl").read_text())
+    (beir / "qrels" / "test.tsv").write_text((out / "split" / "qrels" / "test.tsv").read_text())
+    alone = evaluate_stage({"base": str(tiny_model), "tuned": str(out / "model")}, beir, "test", bm25=False)
     for system in ("base", "tuned"):
         assert result["metrics"][system]["ndcg@10"] == pytest.approx(alone.metrics[system]["ndcg@10"], abs=1e-3)
     print("base", result["metrics"]["base"]["ndcg@10"], "tuned", result["metrics"]["tuned"]["ndcg@10"])
-    # 800 training pairs teach the random model some of the task: 0.346 -> 0.438 in a trial (seeded).
+    # 800 training pairs teach the random model some of the task: 0.346 -> 0.438 in a trial of the command sequence.
     assert result["metrics"]["tuned"]["ndcg@10"] > result["metrics"]["base"]["ndcg@10"] + 0.05
+    users_result = result["eval_sets"]["users"]
+    assert users_result["queries"] == 143 and set(users_result["metrics"]) == {"base", "tuned"}
+    report = (out / "report.md").read_text()
+    assert "| users | 143 | 1000 |" in report and "BM25 is not evaluated" in report
+    assert result["regression"]["checked"] and result["regression"]["on"] == "validation"
+
+
+def _qrels(path) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        found.setdefault(row["query"], set()).add(row["positive_id"])
+    return found

@@ -44,7 +44,7 @@ _API = {
     "evaluate_models": ("ragtune.pipeline", "evaluate_stage"),
     "EvalResult": ("ragtune.evaluate", "EvalResult"),
     "compare_models": ("ragtune.pipeline", "compare_stage"),
-    "ComparisonResult": ("ragtune.pipeline", "ComparisonResult"),
+    "ComparisonResult": ("ragtune.comparison", "ComparisonResult"),
     "fine_tune": ("ragtune.train", "train"),
     "TrainResult": ("ragtune.train", "TrainResult"),
     "build_index": ("ragtune.index", "index_corpus"),

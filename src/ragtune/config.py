@@ -254,6 +254,20 @@ class EngineConfig(Settings):
     gpus: float = Field(0.0, description="Ray: GPUs per actor (0: CPU actors).")
 
 
+class ShardsConfig(Settings):
+    """The run for a corpus that never enters ragtune's process: encoded into Parquet shards on a Ray cluster (the
+    engine's address, else RAY_ADDRESS, else a local one), indexed, mined and evaluated from them
+    (`ragtune.shard_run`); `data.path` then holds (query, positive id) rows."""
+
+    corpus: str = Field(description="The corpus: a JSONL or Parquet file, or a folder of them, one passage a row.")
+    id_column: str = Field("id", description="Corpus files: the passage id column.")
+    text_column: str = Field("text", description="Corpus files: the passage text column.")
+    positive_column: str = Field("positive_id", description="Pairs files (data.path): the positive passage's id.")
+    ivf_pq_from: int = Field(1_000_000, ge=1, description="From this many passages the index is IVF-PQ, else exact.")
+    code_bytes: int | None = Field(None, ge=1, description="IVF-PQ bytes per passage (default: one per 2 dimensions).")
+    nprobe: int = Field(32, ge=1, description="IVF-PQ cells searched per query, in mining and evaluation.")
+
+
 class RunConfig(Settings):
     """A run's settings: one section per stage (`data`, `mining`, `split`, `train`, `evaluate`, ...), each field
     documented in the configuration reference. Build it from YAML (`load_config`) or a dict
@@ -276,6 +290,9 @@ class RunConfig(Settings):
     evaluate: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
     engine: EngineConfig = EngineConfig()
+    shards: ShardsConfig | None = Field(
+        None, description="Keep the corpus out of ragtune's process: encode, index, mine and evaluate on Ray."
+    )
     eval_sets: list[EvalSetConfig] = Field(
         [], description="More test sets, e.g. real users' questions: each evaluated base vs tuned vs BM25."
     )
@@ -291,7 +308,33 @@ class RunConfig(Settings):
             raise ValueError(f"eval_sets: names must differ, got {names}")
         if self.guard != "validation" and self.guard not in names:
             raise ValueError(f"guard: {self.guard!r} is neither 'validation' nor an eval set's name ({names})")
+        if self.shards:
+            self._check_shards()
         return self
+
+    def _check_shards(self) -> None:
+        """What a run from shards cannot do, said before it starts rather than silently skipped."""
+        if not self.data.path:
+            raise ValueError("shards: data.path must name the (query, positive id) pairs files")
+        where = {
+            "synth": self.synth is not None,
+            "data.corpus": self.data.corpus is not None,
+            "data.user_queries": self.data.user_queries is not None,
+            "split.split_by: group": self.split.split_by == "group",
+            "split.push_to_hub": self.split.push_to_hub is not None,
+            f"mining.strategy: {self.mining.strategy}": self.mining.strategy not in ("hard", "least-similar"),
+            "mining.sampling: random": self.mining.sampling != "top",
+            "mining.margin": self.mining.margin is not None,
+            "mining.max_score": self.mining.max_score is not None,
+            "mining.max_cosine_to_positive": self.mining.max_cosine_to_positive is not None,
+            "mining.cross_encoder": self.mining.cross_encoder is not None,
+        }
+        unsupported = [name for name, used in where.items() if used]
+        if unsupported:
+            raise ValueError(f"shards: {', '.join(unsupported)} not supported in a run from shards")
+        for eval_set in self.eval_sets:
+            if not eval_set.split:
+                raise ValueError(f"eval_sets: {eval_set.name} needs a split (a BEIR folder's qrels file) with shards")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -340,6 +383,8 @@ def load_config(path: str | Path) -> RunConfig:
         config.synth.corpus = _beside(path, config.synth.corpus)
     config.data.corpus = _beside(path, config.data.corpus)
     config.data.user_queries = _beside(path, config.data.user_queries)
+    if config.shards:
+        config.shards.corpus = _beside(path, config.shards.corpus)
     for eval_set in config.eval_sets:
         eval_set.path = _beside(path, eval_set.path)
     return config

@@ -9,24 +9,23 @@ A run directory holds every stage's output plus the resolved config:
     model/        the fine-tuned model; checkpoints/ the trainer's checkpoints (resume after a crash)
     cache/        embeddings keyed by model and text, shared by every stage and by `ragtune search`
     report.html, report.md, results.json
-Each stage records a key (a hash of its settings and its inputs' keys) in `<stage>/.stage.json`; a stage whose key
-matches is skipped, so re-running after a crash resumes where it stopped.
+Each stage records a key (a hash of its settings and its inputs' keys) in `<stage>/.stage.json` (`ragtune.stages`);
+a stage whose key matches is skipped, so re-running after a crash resumes where it stopped. A config with `shards:`
+runs `ragtune.shard_run` instead, whose corpus never enters this process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ragtune import data as data_mod
-from ragtune import progress
+from ragtune.comparison import ComparisonResult, comparison
 from ragtune.config import (
     AdaptConfig,
     DataConfig,
@@ -41,43 +40,15 @@ from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.evaluate import EvalResult, evaluate_systems, pair_scores, triplet_accuracy
 from ragtune.hybrid import Fusion, FusionChoice
-from ragtune.metrics import HEADLINE, METRICS
 from ragtune.mining import mine, read_mined, save_mined
-from ragtune.outputs import claim_folder, remove_own_folder, replace_folder, write_json, write_text
+from ragtune.outputs import claim_folder, replace_folder, write_json, write_text
 from ragtune.ray_engine import engine_for
-from ragtune.report import RunResult, compare_all, summarise_run
-from ragtune.significance import Comparison, holm, mean_ci
+from ragtune.report import RunResult, summarise_run
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
+from ragtune.stages import file_key, run_stage, stage_key, train_in_run
 
 log = logging.getLogger(__name__)
-STAGE_FILE = ".stage.json"
 EVAL_VERSION = 3  # bump when the evaluation output changes, so finished runs re-evaluate
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_key(path: Path) -> str:
-    if path.is_file():
-        st = path.stat()
-        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return _key(sorted(_file_key(p) for p in path.rglob("*") if p.is_file()))
-
-
-def stage_done(folder: Path, key: str) -> bool:
-    marker = folder / STAGE_FILE
-    return marker.exists() and json.loads(marker.read_text()).get("key") == key
-
-
-def mark_done(folder: Path, key: str) -> None:
-    write_json(folder / STAGE_FILE, {"key": key}, indent=None)
-
-
-def mark_stale(folder: Path) -> None:
-    """Forget that a stage finished, before it starts again: a crash mid-stage must not leave the old marker over
-    new, half-written outputs."""
-    (folder / STAGE_FILE).unlink(missing_ok=True)
 
 
 # ---- stages, each usable on its own ---------------------------------------------------------------------------
@@ -338,32 +309,6 @@ def evaluate_stage(
     return result
 
 
-@dataclass
-class ComparisonResult:
-    """Several systems on the same queries, each difference to the reference with a 95% interval and a p-value.
-
-    Attributes:
-        systems: The systems compared, the reference (first model) first, `bm25` last when included.
-        metrics: System -> metric -> mean over the queries.
-        ci95: System -> metric -> (low, high) bootstrap interval of the mean.
-        comparisons: One per (baseline, system, metric): the paired difference, its interval, p-value and the
-            Holm-adjusted verdict over all comparisons made.
-        queries: How many queries; `corpus` over how many passages each was searched.
-        fusion: Per fused model, its fusion with BM25 and what chose it (`FusionChoice.to_dict`).
-    """
-
-    systems: list[str]
-    metrics: dict[str, dict[str, float]]
-    ci95: dict[str, dict[str, tuple[float, float]]]
-    comparisons: list[Comparison]
-    queries: int
-    corpus: int
-    fusion: dict[str, dict] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "comparisons": [c.to_dict() for c in self.comparisons]}
-
-
 def compare_stage(
     models: list[str] | dict[str, str],
     data_path: str | Path,
@@ -404,29 +349,6 @@ def compare_stage(
     return comparison(result, list(named) + (["bm25"] if bm25 else []), extra_pairs)
 
 
-def comparison(result: EvalResult, systems: list[str], extra_pairs: list[tuple[str, str]] = ()) -> ComparisonResult:
-    """`result`'s systems each compared with the first of `systems` (and as `extra_pairs` and its fusions ask),
-    with 95% intervals and paired tests, Holm-adjusted over every comparison made."""
-    systems = list(systems)
-    per_query = result.per_query
-    comparisons = compare_all(per_query, systems[0], systems[1:])
-    comparisons += [c for baseline, system in extra_pairs for c in compare_all(per_query, baseline, [system])]
-    for name in result.fusion:
-        components = [name, "bm25"] if "bm25" in systems else [name]
-        comparisons += [c for part in components for c in compare_all(per_query, part, [f"{name}+bm25"], [HEADLINE])]
-        systems.append(f"{name}+bm25")
-    holm(comparisons)
-    return ComparisonResult(
-        systems=systems,
-        metrics={s: result.metrics[s] for s in systems},
-        ci95={s: {m: mean_ci(per_query[s][m]) for m in METRICS} for s in systems},
-        comparisons=comparisons,
-        queries=result.queries,
-        corpus=result.corpus,
-        fusion={name: choice.to_dict() for name, choice in result.fusion.items()},
-    )
-
-
 def _split(data: data_mod.PairData, split: str, data_path: str | Path) -> data_mod.PairData:
     if not data.splits or split not in data.splits:
         have = ", ".join(data.splits or {}) or "none (the whole dataset is one set)"
@@ -451,21 +373,10 @@ def _pair_scores(model: str, data_path: Path, split: str | None, cache_dir, conf
 # ---- the whole run ---------------------------------------------------------------------------------------------
 
 
-def _stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> bool:
-    if stage_done(folder, key):
-        log.info("✓ %s (up to date, skipped)", name)
-        return False
-    with progress.task(name):
-        mark_stale(folder)
-        work()
-        folder.mkdir(parents=True, exist_ok=True)
-        mark_done(folder, key)
-    return True
-
-
 def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
     """The whole pipeline: prepare, (adapt,) mine, split, evaluate base + BM25, train, evaluate tuned, eval sets,
-    report. Each stage is skipped when its folder is up to date with its inputs and settings.
+    report. Each stage is skipped when its folder is up to date with its inputs and settings. With `shards:` in the
+    config, the run from shards on a Ray cluster (`ragtune.shard_run.run_from_shards`).
 
     Args:
         config: The run's settings (`load_config("run.yaml")`, or `RunConfig.model_validate({...})`); the caller's
@@ -489,6 +400,10 @@ def run(config: RunConfig, allow_regression: bool = False) -> RunResult:
         >>> sorted(result.metrics), result.model_dir.name, result.report_html.name
         (['base', 'base+bm25', 'bm25', 'tuned', 'tuned+bm25'], 'model', 'report.html')
     """
+    if config.shards:
+        from ragtune.shard_run import run_from_shards
+
+        return run_from_shards(config, allow_regression)
     with engine_for(config.engine):
         return _run(config, allow_regression)
 
@@ -513,8 +428,8 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
 
     if config.synth:
         synth = config.synth
-        k_synth = _key(synth.model_dump(), _file_key(Path(synth.corpus)), base_key if synth.chunk_tokens else None)
-        _stage(
+        k_synth = stage_key(synth.model_dump(), file_key(Path(synth.corpus)), base_key if synth.chunk_tokens else None)
+        run_stage(
             "synthesize pairs from the corpus", out / "synth", k_synth, lambda: synth_stage(synth, base, out / "synth")
         )
         config.data.path = str((out / "synth" / "pairs.jsonl").resolve())
@@ -525,34 +440,34 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
         config.data.path = source
     if not source or not Path(source).exists():
         raise RagtuneError(f"data not found: {source}")
-    k_prepare = _key(config.data.model_dump(), _file_key(Path(source)))
-    _stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
+    k_prepare = stage_key(config.data.model_dump(), file_key(Path(source)))
+    run_stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
     pairs_dir = out / "prepared"
     if config.data.corpus:
-        k_prepare = _key(
+        k_prepare = stage_key(
             k_prepare,
             config.adapt.model_dump(),
-            _file_key(Path(config.data.corpus)),
-            _file_key(Path(config.data.user_queries)) if config.data.user_queries else None,
+            file_key(Path(config.data.corpus)),
+            file_key(Path(config.data.user_queries)) if config.data.user_queries else None,
             base_key,
             seq,
         )
         pairs_dir = out / "adapted"
-        _stage(
+        run_stage(
             "adapt to the users' corpus",
             pairs_dir,
             k_prepare,
             lambda: adapt_stage(out / "prepared", config.data, config.adapt, base, pairs_dir, cache, seq),
         )
-    k_mine = _key(k_prepare, config.mining.model_dump(), base_key, seq, config.split.assignment())
-    _stage(
+    k_mine = stage_key(k_prepare, config.mining.model_dump(), base_key, seq, config.split.assignment())
+    run_stage(
         "mine negatives",
         out / "mined",
         k_mine,
         lambda: mine_stage(pairs_dir, base, config.mining, out / "mined", cache, seq, config.split),
     )
-    k_split = _key(k_mine, config.split.model_dump(), base_key)
-    _stage(
+    k_split = stage_key(k_mine, config.split.model_dump(), base_key)
+    run_stage(
         "split",
         out / "data",
         k_split,
@@ -560,26 +475,26 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     )
 
     eval_dir = out / "eval"
-    k_base = _key(k_split, config.evaluate.model_dump(), base_key, EVAL_VERSION)
-    _stage(
+    k_base = stage_key(k_split, config.evaluate.model_dump(), base_key, EVAL_VERSION)
+    run_stage(
         "evaluate base model and BM25 (full corpus)",
         eval_dir / "base",
         k_base,
         lambda: _save_eval({"base": base}, out, eval_dir / "base", config.evaluate, bm25=True),
     )
 
-    k_train = _key(k_split, config.train.model_dump(), base_key)
-    _stage("train", out / "model", k_train, lambda: _train(config, base, out, k_train))
-    k_tuned = _key(k_train, config.evaluate.model_dump(), EVAL_VERSION)
-    _stage(
+    k_train = stage_key(k_split, config.train.model_dump(), base_key)
+    run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train))
+    k_tuned = stage_key(k_train, config.evaluate.model_dump(), EVAL_VERSION)
+    run_stage(
         "evaluate tuned model (full corpus)",
         eval_dir / "tuned",
         k_tuned,
         lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False),
     )
     for eval_set in config.eval_sets:
-        k_set = _key(k_tuned, base_key, eval_set.model_dump(), _file_key(Path(eval_set.path)))
-        _stage(
+        k_set = stage_key(k_tuned, base_key, eval_set.model_dump(), file_key(Path(eval_set.path)))
+        run_stage(
             f"evaluate on {eval_set.name} (base, tuned, BM25)",
             eval_dir / "sets" / eval_set.name,
             k_set,
@@ -648,22 +563,3 @@ def _validation_fusion(out: Path) -> dict[str, FusionChoice]:
         validation = json.loads((out / "eval" / stage / "result.json").read_text()).get("validation", {})
         chosen |= {name: FusionChoice.from_dict(c) for name, c in validation.get("fusion", {}).items()}
     return chosen
-
-
-def _train(config: RunConfig, base: str, out: Path, key: str) -> None:
-    from ragtune.train import train
-
-    # Checkpoints from a run with other settings or data must not be resumed.
-    owner = out / "checkpoints" / "ragtune_key.txt"
-    if owner.exists() and owner.read_text() != key:
-        remove_own_folder(out / "checkpoints")
-    claim_folder(out / "checkpoints", "checkpoints")
-    write_text(owner, key)
-    result = train(base, out / "data", out, config.train, resume=True)
-    info = {
-        "steps": result.steps,
-        "best_validation_ndcg@10": result.best_metric,
-        "best_checkpoint": result.best_checkpoint,
-        "resumed_from": result.resumed_from,
-    }
-    write_json(out / "model" / "ragtune_train.json", info)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragtune.comparison import ComparisonResult, comparison
 from ragtune.data import read_jsonl, read_qrels
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import DEPTH, EvalResult, score_run
@@ -119,9 +120,7 @@ def _meta(folder: Path) -> dict:
 
 def compare_from_shards(
     indexes: dict[str, str | Path], queries: str | Path, split: str, nprobe: int | None = None, batch_size: int = 32
-):
+) -> ComparisonResult:
     """`evaluate_from_shards`, each index compared with the first (95% intervals, paired tests, Holm-adjusted),
     as `ragtune compare` reports models: a `ComparisonResult`."""
-    from ragtune.pipeline import comparison
-
     return comparison(evaluate_from_shards(indexes, queries, split, nprobe, batch_size), list(indexes))

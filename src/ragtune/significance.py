@@ -7,7 +7,7 @@ resampled with replacement (bootstrap, for a 95% interval of the mean difference
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -37,6 +37,11 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "significant": self.significant, "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Comparison:
+        """Back from `to_dict` (its derived fields dropped)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:

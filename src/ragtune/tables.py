@@ -58,28 +58,22 @@ def comparison_table(comparisons: list[Comparison]) -> str:
 
 
 def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
-    """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25."""
+    """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25 (the BM25
+    columns only where the sets have BM25: a run from shards has none)."""
+    systems = [s for s in ("bm25", "base", "tuned") if all(s in r["metrics"] for r in sets.values())]
+    baselines = [b for b in ("base", "bm25") if b in systems]
     lines = [
-        "| eval set | queries | passages | bm25 | base | tuned | tuned − base [95% CI], p | tuned − bm25 [95% CI], p |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| eval set | queries | passages | "
+        + " | ".join(systems + [f"tuned − {b} [95% CI], p" for b in baselines])
+        + " |",
+        "|---|---:|---:|" + "---:|" * (len(systems) + len(baselines)),
     ]
     for name, r in sets.items():
         cells = []
-        for system in ("bm25", "base", "tuned"):
+        for system in systems:
             low, high = r["ci95"][system][HEADLINE]
             cells.append(f"{r['metrics'][system][HEADLINE]:.4f} [{low:.3f}, {high:.3f}]")
-        diffs = []
-        for baseline in ("base", "bm25"):
-            c = next(
-                c
-                for c in r["comparisons"]
-                if (c["baseline"], c["system"], c["metric"]) == (baseline, "tuned", HEADLINE)
-            )
-            holm_p = f" (Holm {c['p_holm']:.3f})" if c.get("p_holm") is not None else ""
-            diffs.append(
-                f"{c['delta'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], "
-                f"{c['p_value']:.3f}{holm_p}"
-            )
+        diffs = [_diff(r["comparisons"], baseline, "tuned") for baseline in baselines]
         lines.append(f"| {name} | {r['queries']} | {r['corpus']} | " + " | ".join(cells + diffs) + " |")
     return "\n".join(lines)
 
