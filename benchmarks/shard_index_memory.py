@@ -9,7 +9,7 @@ them while a thread samples its memory every 10 ms. Reported per size: the float
 growth of anonymous memory (RssAnon: what cannot be paged out) and of the resident set (ru_maxrss, which also counts
 the pages of memory-mapped files, here the inverted-lists file being merged), the build time and `recall` (the
 index's recall@10 against exact search on 200 sampled passages). No model and no cluster: this measures the index build
-alone (the encoding runs on the cluster; benchmarks/ray_shards.py measures it all).
+alone (the encoding runs on the cluster; benchmarks/ray_scale.py measures it all).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 import faiss, faiss.contrib.ondisk, pyarrow.parquet  # imported before the baseline: their code is not the index
-from ray_shards import AnonPeak
+from ray_scale import AnonPeak
 from ragtune.shards import index_from_shards
 time.sleep(0.1)
 rss_before, anon = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, AnonPeak()

@@ -89,10 +89,10 @@ def test_store_benchmark_measures_every_engine_against_the_exact_top_ten(tmp_pat
 
 
 @pytest.mark.slow  # a local Ray cluster
-def test_ray_shards_benchmark_encodes_indexes_mines_and_evaluates_every_row(tmp_path):
+def test_ray_scale_benchmark_encodes_indexes_mines_and_evaluates_every_row(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "shards.json"
-    command = [sys.executable, str(BENCHMARKS / "ray_shards.py"), "--passages", "3000", "--files", "3"]
+    command = [sys.executable, str(BENCHMARKS / "ray_scale.py"), "--passages", "3000", "--files", "3"]
     command += ["--ivf-pq-from", "1000", "--compare", "500", "--output-json", str(out)]
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=BENCHMARKS)
     result = json.loads(out.read_text())

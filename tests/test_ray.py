@@ -10,6 +10,7 @@ from helpers import toy_rows
 
 from ragtune.config import DataConfig, EvalConfig, MiningConfig, SplitConfig
 from ragtune.embeddings import Encoder
+from ragtune.errors import RagtuneError
 from ragtune.index import index_corpus, search_index
 from ragtune.pipeline import evaluate_stage, mine_stage, prepare_stage, split_stage
 from ragtune.ray_engine import ray_engine
@@ -64,3 +65,30 @@ def test_a_local_ray_cluster_encodes_mines_evaluates_and_indexes_as_one_process(
     queries = ["what does the kidney do, case 7?", "the heart has job number 12"]
     hits = [search_index(tmp_path / side / "index", queries, 10, show_progress=False) for side in ("one", "ray")]
     assert [[h.id for h in q] for q in hits[0]] == [[h.id for h in q] for q in hits[1]]
+
+
+@pytest.mark.slow  # starts a Ray cluster (~15 s)
+def test_gpu_actors_are_as_many_as_the_gpus_hold(tiny_model, tmp_path):
+    """A cluster that declares one GPU (no real one: Ray schedules by declared resources, torch stays on the CPU):
+    actors of one GPU each make a pool of one, half a GPU each a pool of two, whatever the CPU count; more GPU than
+    the cluster has is a one-line error, not a pool that waits forever."""
+    import ray
+
+    from ragtune.shards import embed_shards
+
+    texts = [r["passage"] for r in toy_rows(300)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    alone = Encoder(tiny_model, tmp_path / "cache-alone").encode(texts)
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        for gpus, pool in ((1.0, 1), (0.5, 2)):
+            with ray_engine(gpus=gpus) as engine:
+                vectors = Encoder(tiny_model, tmp_path / f"cache-{gpus}").encode(texts)
+                shards = embed_shards(Encoder(tiny_model), [corpus], tmp_path / f"shards-{gpus}")
+            assert engine.pools == [pool, pool] and engine.batches > 0
+            np.testing.assert_allclose(vectors, alone, atol=1e-5)
+            assert shards.meta["count"] == 300
+        with ray_engine(gpus=2.0), pytest.raises(RagtuneError, match="has 1 GPUs; an actor asks for 2"):
+            Encoder(tiny_model, tmp_path / "cache-2").encode(texts)
+    finally:
+        ray.shutdown()

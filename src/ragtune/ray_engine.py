@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,6 +58,25 @@ class RayEngine:
     gpus: float = 0.0
     batches: int = 0  # batches the cluster has encoded, for logs and tests
     search_tasks: int = 0  # FAISS searches run as Ray tasks
+    pools: list[int] = field(default_factory=list)  # the size of each encoding actor pool started, for tests
+
+    def pool_size(self, work: int | None = None) -> int:
+        """Model copies to start: `actors` when given, else one per `gpus` share of the cluster's GPUs (a pool
+        sized by CPUs would wait forever for GPUs that are not there), else one per CPU; never more than `work`."""
+        import ray
+
+        resources = ray.cluster_resources()
+        size = self.actors
+        if not size and self.gpus:
+            size = int(resources.get("GPU", 0) / self.gpus)
+            if size < 1:
+                raise RagtuneError(
+                    f"the Ray cluster has {resources.get('GPU', 0):g} GPUs; an actor asks for {self.gpus:g}"
+                )
+        size = max(1, size or int(resources.get("CPU", 1)))
+        size = min(size, work) if work else size
+        self.pools.append(size)
+        return size
 
     def encode(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
         import ray
@@ -65,7 +84,6 @@ class RayEngine:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         batches = [order[s : s + encoder.batch_size] for s in range(0, len(texts), encoder.batch_size)]
         items = [{"batch": n, "texts": [texts[i] for i in rows]} for n, rows in enumerate(batches)]
-        actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         found = ray.data.from_items(items).map_batches(
             _EncodeBatches,
             fn_constructor_kwargs={
@@ -75,7 +93,7 @@ class RayEngine:
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
+            compute=ray.data.ActorPoolStrategy(size=self.pool_size(len(items))),
             num_cpus=0 if self.gpus else 1,
             num_gpus=self.gpus or None,
         )

@@ -238,7 +238,7 @@ def embed_shards(
     paths = [str(Path(p).resolve()) for p in corpus]
     claim_folder(out, "shards", paths)
     earlier = _earlier_shards(Path(reuse) if reuse is not None else out, encoder, explicit=reuse is not None)
-    actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors = engine.pool_size()
     with replace_folder(out, "shards") as new:
         columns = (id_column, text_column)
         rows = _read(paths, list(columns))
