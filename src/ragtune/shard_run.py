@@ -172,7 +172,9 @@ def _mine(config: RunConfig, out: Path) -> None:
         training_data=out / "data",
     )
     found = [
-        len(n) for f in sorted(rows.glob("*.parquet")) for n in pq.read_table(f).column("negative_ids").to_pylist()
+        len(n)
+        for f in sorted(rows.glob("*.parquet"))
+        for n in pq.read_table(f, columns=["negative_ids"]).column("negative_ids").to_pylist()
     ]
     stats = {
         "strategy": mining.strategy,
