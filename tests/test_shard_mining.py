@@ -150,3 +150,118 @@ def test_passage_ids_find_every_id_and_nothing_else(tmp_path):
     assert table.ids.dtype.itemsize == 40  # the longest id in bytes, not a Python object per id
     for absent in ("p", "p3", "p1000", "a" * 39, "zz", ""):
         assert table.position(absent) is None
+
+
+class _Vectors:
+    """An encoder that knows each text's vector: one process's mining and the shards' miner then see the same."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def encode(self, texts, **_):
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def _unit(rng, n, dim=16):
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_hard_miner_screens_as_ragtune_mine_and_tops_up_short_rows(tmp_path):
+    import faiss
+
+    from ragtune.data import LoadStats, PairData
+    from ragtune.shard_mining import COUNTS, HardMiner, mined_counts
+
+    rng = np.random.default_rng(0)
+    passages = _unit(rng, 300)
+    corpus = {f"p{i}": f"passage {i}" for i in range(300)}
+    corpus["p299"] = corpus["p0"]  # the same text as a positive: never its negative
+    passages[299] = passages[0]
+    queries = {f"q{i}": f"question {i}" for i in range(120)}
+    noise = _unit(rng, 120)
+    vectors = {corpus[f"p{i}"]: passages[i] for i in range(300)}
+    qrels = {}
+    for i in range(120):
+        qrels[f"q{i}"] = {f"p{i}": 1.0}
+        query = passages[i] + 0.9 * noise[i]
+        vectors[queries[f"q{i}"]] = query / np.linalg.norm(query)
+    qrels["q5"]["p200"] = 1.0  # a query with two positives
+    data = PairData(corpus, queries, qrels, LoadStats(source="test", format="test"))
+    config = MiningConfig(strategy="hard", num_negatives=3, range_min=2, range_max=8, margin=0.15, max_score=0.55)
+    held_out = {f"q{i}" for i in range(100, 120)}  # their answers are no training row's negatives
+    expected = mine(data, _Vectors(vectors), config, held_out).rows
+    train = [r for r in expected if r.query_id not in held_out]
+
+    index = faiss.IndexFlatIP(16)
+    index.add(passages)
+    ids = PassageIds(np.array(list(corpus), dtype="S4"))
+    sha1 = np.array([hashlib.sha1(corpus[f"p{i}"].encode()).digest() for i in range(300)], dtype="S20")
+    excluded = np.zeros(300, dtype=bool)
+    excluded[[int(p[1:]) for q in held_out for p in qrels[q]]] = True
+    siblings = {queries["q5"]: (5, 200)}
+    settings = {**config.model_dump(include={"num_negatives", "range_min", "range_max", "margin", "max_score"})}
+    settings.update(sampling="top", seed=1, nprobe=1, extra=9)
+    miner = HardMiner(index, ids, sha1, siblings, excluded, None, settings)
+    texts = [queries[r.query_id] for r in train]
+    positives = [r.positive_id for r in train]
+    query_vectors = np.stack([vectors[t] for t in texts])
+    table = miner.negatives(texts, positives, query_vectors, ["pairs.jsonl"] * len(train)).to_pylist()
+
+    # The screens removed candidates and left rows short, so both paths below are exercised.
+    assert sum(r["within_margin"] for r in table) > 0 and sum(r["above_max_score"] for r in table) > 0
+    short = [i for i, r in enumerate(table) if r["random_negatives"]]
+    assert 0 < len(short) < len(table)
+    for i, (row, reference) in enumerate(zip(table, train, strict=True)):
+        if i not in short:
+            assert row["negative_ids"] == reference.negative_ids, (row, reference)
+        picks = row["negative_ids"]
+        assert len(picks) == len(set(picks)) == 3
+        forbidden = set(qrels[reference.query_id]) | {p for q in held_out for p in qrels[q]}
+        if "p0" in qrels[reference.query_id]:
+            forbidden.add("p299")
+        assert not set(picks) & forbidden
+    # Each row's random picks are its own: mined in other blocks, the rows get the same negatives.
+    halves = [
+        miner.negatives(texts[a:b], positives[a:b], query_vectors[a:b], ["pairs.jsonl"] * (b - a)).to_pylist()
+        for a, b in ((0, 37), (37, len(train)))
+    ]
+    assert [r["negative_ids"] for r in halves[0] + halves[1]] == [r["negative_ids"] for r in table]
+    # The counts a run's stats report, read from the files' count columns.
+    mined = tmp_path / "mined"
+    mined.mkdir()
+    pq.write_table(pa.Table.from_pylist(table), mined / "part-0.parquet")
+    counts = mined_counts(mined)
+    assert counts["rows"] == len(train) and counts["rows_with_random_fallback"] == len(short)
+    assert all(counts[c] == sum(r[c] for r in table) for c in COUNTS)
+
+    # A row with no passage left to give (every one held out) is an error naming its file and positive.
+    tiny = HardMiner(index, ids, sha1, siblings, np.ones(300, dtype=bool), None, {**settings, "margin": None})
+    with pytest.raises(RagtuneError, match="pairs.jsonl: the row of positive 'p1': too few passages"):
+        tiny.negatives([queries["q1"]], ["p1"], query_vectors[1:2], ["pairs.jsonl"])
+
+
+def test_an_ivf_pq_index_scores_a_positive_from_its_code_as_the_search_does():
+    import faiss
+
+    from ragtune.faiss_search import search_chunked
+    from ragtune.shard_mining import list_positions, stored_vectors
+
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng, 2000)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(16), 16, 8, 4, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    index.nprobe = 8  # every cell: each passage is found
+    where = list_positions(index)
+    queries = _unit(rng, 20)
+    scores, found = search_chunked(index, queries, 50)
+    for q, s, f in zip(queries, scores, found, strict=True):
+        decoded = stored_vectors(index, f.tolist(), where)
+        np.testing.assert_allclose(decoded @ q, s, atol=1e-5)
+        # The exact vectors score differently: comparing a margin against them would shift the cut.
+        assert np.abs(vectors[f] @ q - s).max() > 1e-3
+    flat = faiss.IndexFlatIP(16)
+    flat.add(vectors)
+    assert list_positions(flat) is None
+    np.testing.assert_array_equal(stored_vectors(flat, [3, 1999], None), vectors[[3, 1999]])

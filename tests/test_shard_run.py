@@ -28,9 +28,8 @@ def _config(tmp_path, **extra) -> RunConfig:
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        ({"mining": {"margin": 0.1}}, "mining.margin"),
         ({"mining": {"strategy": "random"}}, "mining.strategy: random"),
-        ({"mining": {"cross_encoder": "ce/", "max_score": 0.9}}, "mining.max_score, mining.cross_encoder"),
+        ({"mining": {"cross_encoder": "ce/", "max_cosine_to_positive": 0.9}}, "to_positive, mining.cross_encoder"),
         ({"split": {"split_by": "group"}}, "split.split_by: group"),
         ({"data": {"path": "p.jsonl", "corpus": "users/"}}, "data.corpus"),
         ({"eval_sets": [{"name": "users", "path": "users/"}]}, "users needs a split"),

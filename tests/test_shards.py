@@ -25,7 +25,7 @@ N = 3000
 def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_path, monkeypatch):
     from ragtune.ray_engine import ray_engine
     from ragtune.shard_eval import evaluate_from_shards
-    from ragtune.shard_mining import least_similar_from_shards, pair_rows
+    from ragtune.shard_mining import least_similar_from_shards, mined_counts, pair_rows
     from ragtune.shards import embed_shards, index_from_shards, mine_from_shards
 
     rows = toy_rows(N)
@@ -115,6 +115,15 @@ def test_shards_encode_index_mine_and_evaluate_as_one_process(tiny_model, tmp_pa
         assert len(kept) == len(mined) and not {n for r in kept for n in r["negative_ids"]} & held_out
         unguarded = [r for f in sorted((tmp_path / "neg-cli").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
         assert {n for r in unguarded for n in r["negative_ids"]} & held_out  # without it, some were
+        # A margin on the compressed index: positives scored from their codes by the actors, screened as one process.
+        screened = ["mine-shards", str(compressed), str(pairs), "--out", str(tmp_path / "neg-margin")]
+        screened += ["--margin", "0.0005", "--num-negatives", "2", "--range-max", "6"]
+        assert CliRunner().invoke(app, screened).exit_code == 0
+        counts = mined_counts(tmp_path / "neg-margin")
+        assert counts["rows"] == len(mined) and counts["within_margin"] > 0, counts
+        rows_pq = [r for f in sorted((tmp_path / "neg-margin").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        assert all(len(set(r["negative_ids"])) == 2 for r in rows_pq)
+        assert sum(r["random_negatives"] > 0 for r in rows_pq) == counts["rows_with_random_fallback"]
         # The least-similar walk: its first search as Ray tasks (from 512 rows here), the picks as in this process.
         walk = ["mine-shards", str(exact), str(pairs), "--out", str(tmp_path / "walk"), "--strategy", "least-similar"]
         walked = CliRunner().invoke(app, walk)

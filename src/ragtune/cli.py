@@ -88,6 +88,8 @@ HybridWeightOpt = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Add each model fused with BM25 at this fixed BM25 weight (convex fusion)."),
 ]
+MarginOpt = Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")]
+MaxScoreOpt = Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")]
 RrfOpt = Annotated[bool, typer.Option("--rrf", help="Add each model fused with BM25 by reciprocal-rank fusion.")]
 WeightOpt = Annotated[
     float | None,
@@ -179,8 +181,8 @@ def mine_cmd(
     sampling: Annotated[
         Sampling | None, typer.Option(help="hard: take the 'top' of the window or 'random' from it.")
     ] = None,
-    margin: Annotated[float | None, typer.Option(help="hard: drop candidates above positive_score*(1-margin).")] = None,
-    max_score: Annotated[float | None, typer.Option(help="hard: drop candidates with cosine above this.")] = None,
+    margin: MarginOpt = None,
+    max_score: MaxScoreOpt = None,
     max_cosine_to_positive: Annotated[
         float | None, typer.Option(help="hard: drop candidates at least this similar to a positive (e.g. 0.98).")
     ] = None,
@@ -697,10 +699,16 @@ def mine_shards_cmd(
     training_data: Annotated[
         Path | None, typer.Option(help="Also write the rows with their texts as a `ragtune train --data` folder here.")
     ] = None,
+    margin: MarginOpt = None,
+    max_score: MaxScoreOpt = None,
+    sampling: Annotated[
+        Literal["top", "random"], typer.Option(help="hard: take the window's top, or a random choice from it.")
+    ] = "top",
+    seed: Annotated[int, typer.Option(help="Seed of random choices (each row has its own generator).")] = 42,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Hard negatives for (query, positive id) files, mined on a Ray cluster by actors holding the model and the index;
-    ragtune's process never holds the pairs or the corpus. No groups or margins: `ragtune mine` does those.
+    ragtune's process never holds the pairs or the corpus. No groups or near-duplicate test: `ragtune mine` does those.
     --strategy least-similar walks the rows in order here, over the exact index's vectors."""
     from ragtune.config import EngineConfig
     from ragtune.ray_engine import engine_for
@@ -720,6 +728,10 @@ def mine_shards_cmd(
             strategy,
             held_out or [],
             training_data,
+            margin,
+            max_score,
+            sampling,
+            seed,
         )
     typer.echo(f"negatives for the rows of {len(pairs)} file(s) in {done}")
     if training_data:

@@ -323,9 +323,6 @@ class RunConfig(Settings):
             "split.split_by: group": self.split.split_by == "group",
             "split.push_to_hub": self.split.push_to_hub is not None,
             f"mining.strategy: {self.mining.strategy}": self.mining.strategy not in ("hard", "least-similar"),
-            "mining.sampling: random": self.mining.sampling != "top",
-            "mining.margin": self.mining.margin is not None,
-            "mining.max_score": self.mining.max_score is not None,
             "mining.max_cosine_to_positive": self.mining.max_cosine_to_positive is not None,
             "mining.cross_encoder": self.mining.cross_encoder is not None,
         }

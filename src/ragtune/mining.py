@@ -431,7 +431,7 @@ def _hard(rows, guards: _Guards, qids, query_vectors, corpus_vectors, config: Mi
     fallback = 0
     positive_vectors = {q: corpus_vectors[sorted(guards.positives[q])] for q in qids}
     for r, (positive_score, pool) in zip(rows, pools, strict=True):
-        window = _window(pool, positive_score, positive_vectors[r.query_id], corpus_vectors, config, removed)
+        window = screen_window(pool, positive_score, positive_vectors[r.query_id], corpus_vectors, config, removed)
         if config.sampling == "random":
             rng.shuffle(window)
         picks = window[: config.num_negatives]
@@ -482,8 +482,16 @@ def _candidate_pools(rows, guards: _Guards, qids, query_vectors, corpus_vectors,
     return pools
 
 
-def _window(pool, positive_score: float, positive_vectors, corpus_vectors, config: MiningConfig, removed) -> list:
-    """The candidates of a pool past `range_min` that pass the score cap, the margin and the near-positive test."""
+def screen_window(
+    pool: list[tuple[float, int]],
+    positive_score: float | None,
+    positive_vectors: np.ndarray | None,
+    corpus_vectors: np.ndarray | None,
+    config: MiningConfig,
+    removed: Counter,
+) -> list[int]:
+    """The candidates of a pool past `range_min` that pass the score cap, the margin and the near-positive test
+    (the vectors are read only for the last; mining from shards has no corpus vectors and no such test)."""
     window = []
     for rank, (score, c) in enumerate(pool, start=1):
         if rank <= config.range_min:

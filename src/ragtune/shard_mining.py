@@ -1,20 +1,27 @@
-"""Least-similar negatives over an index built from embedding shards: the classic walk of `ragtune mine --strategy
-least-similar`, run on the index's vectors.
+"""Mining over an index built from embedding shards: what `mine_from_shards`' actors do, and the classic walk.
 
-Each row's negative is the passage least similar to its positive that no earlier row took (a global constraint:
-one walk, in this process, over every row in order), so this process holds the rows (query, positive id) and the
-index's float32 vectors. That is why it needs an exact index (below `index_from_shards`'s `ivf_pq_from`); an IVF-PQ
-index keeps only codes, and the walk's last resort is an exact search over the passages still free. The first
-search (every row's least similar candidates) runs as Ray tasks over the index from 8,192 rows on, as in one
-process; the walk itself is `ragtune.mining`'s, so the picks are the ones `ragtune mine` makes from the same vectors.
+`HardMiner`: hard negatives for blocks of encoded rows, each step as `ragtune mine --strategy hard` takes it (the
+ranking without positives, copies of them and held-out passages; the rank window, score cap and margin; random
+passages for rows left short, from a generator seeded by the row so that no result depends on the actor that mined it).
+
+Least-similar negatives: the classic walk of `ragtune mine --strategy least-similar`, run on the index's vectors. Each
+row's negative is the passage least similar to its positive that no earlier row took (a global constraint: one walk,
+in this process, over every row in order), so this process holds the rows (query, positive id) and the index's
+float32 vectors. That is why it needs an exact index (below `index_from_shards`'s `ivf_pq_from`); an IVF-PQ index keeps
+only codes, and the walk's last resort is an exact search over the passages still free. The first search (every row's
+least similar candidates) runs as Ray tasks over the index from 8,192 rows on, as in one process; the walk itself is
+`ragtune.mining`'s, so the picks are the ones `ragtune mine` makes from the same vectors.
 
 `PassageIds`: an index's passage ids as compact arrays, what the hard-mining actors share (`ragtune.shards`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,7 @@ from ragtune.data import Row
 from ragtune.errors import RagtuneError
 
 log = logging.getLogger(__name__)
+COUNTS = ("within_margin", "above_max_score", "random_negatives")  # per-row columns of hard mining's files
 
 
 class PassageIds:
@@ -83,6 +91,143 @@ class _ShardGuards:
 
     def blocked(self, qid: str) -> np.ndarray | None:
         return self.held_out  # every row is a training row: none may take a held-out passage
+
+
+def list_positions(index) -> np.ndarray | None:
+    """For an IVF index, each passage's (inverted list, offset in it) as int32 pairs in position order: what scoring a
+    positive from its stored code needs, 8 bytes a passage, built once and shared by the mining actors (FAISS's own
+    direct map would be built by every actor, 8+ bytes a passage each). None for a flat index."""
+    import faiss
+
+    if not hasattr(index, "nprobe"):
+        return None
+    ivf = faiss.extract_index_ivf(index)
+    where = np.zeros((ivf.ntotal, 2), dtype=np.int32)
+    for number in range(ivf.nlist):
+        size = ivf.invlists.list_size(number)
+        if size:
+            pointer = ivf.invlists.get_ids(number)
+            ids = faiss.rev_swig_ptr(pointer, size).copy()
+            ivf.invlists.release_ids(number, pointer)
+            where[ids, 0], where[ids, 1] = number, np.arange(size)
+    return where
+
+
+def stored_vectors(index, positions: list[int], where: np.ndarray | None) -> np.ndarray:
+    """The vectors `index` scores for these positions: the exact ones of a flat index, the decoded codes of an
+    IVF-PQ one. A positive scored this way is on the same scale as the candidates the search returns, which is what
+    mining's margin compares (an exact score against PQ-approximate ones would shift the cut)."""
+    import faiss
+
+    if where is None:
+        return index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+    ivf = faiss.extract_index_ivf(index)
+    out = np.empty((len(positions), ivf.d), dtype=np.float32)
+    for row, p in zip(out, positions, strict=True):
+        ivf.reconstruct_from_offset(int(where[p, 0]), int(where[p, 1]), faiss.swig_ptr(row))
+    return out
+
+
+def row_rng(query: str, positive_id: str, seed: int) -> np.random.Generator:
+    """A row's own random generator: its random picks do not depend on which actor or block mines it."""
+    digest = hashlib.sha1(f"{query}\t{positive_id}".encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def random_fill(rng: np.random.Generator, count: int, n: int, refused: Callable[[int], bool], where: str) -> list[int]:
+    """`count` distinct random positions below `n` that `refused` lets through: a row's negatives when its window
+    holds too few (as `ragtune mine` does). Rejection sampling: on a corpus of millions nearly every draw is free."""
+    picks: list[int] = []
+    for _ in range(1000 + 100 * count):
+        c = int(rng.integers(n))
+        if c not in picks and not refused(c):
+            picks.append(c)
+            if len(picks) == count:
+                return picks
+    raise RagtuneError(
+        f"{where}: too few passages are neither a positive of its query, a copy of one nor held out to give it "
+        f"{count} random negatives; the corpus is too small"
+    )
+
+
+class HardMiner:
+    """Hard negatives for blocks of encoded (query, positive id) rows, from an index and what the guards need:
+    `mine_from_shards`' actors each hold one (and the model that encodes the queries). The same steps as
+    `ragtune mine --strategy hard`, per row: the query's ranking minus every positive of the query, passages with a
+    positive's exact text and held-out passages, up to `range_max`; then `ragtune.mining.screen_window` (the rank
+    window, the score cap, the margin); the top (or, `sampling: random`, a random choice) of what is left, topped up
+    with random passages when too few are.
+
+    Args:
+        index: The FAISS index (flat or IVF-PQ), searched with `settings["nprobe"]`.
+        ids: The index's passage ids.
+        sha1: 20-byte text hashes in index order (passages with a positive's text are never its negatives).
+        siblings: Query text -> positions of all its positives, for the queries with more than one.
+        excluded: Boolean mask of held-out passages, or None.
+        where: `list_positions(index)` for an IVF-PQ index when a margin needs the positives' scores, else None.
+        settings: num_negatives, range_min, range_max, margin, max_score, sampling, seed, nprobe and `extra`
+            (how far past range_max to search, for the positives and their copies the ranking drops).
+    """
+
+    def __init__(self, index, ids: PassageIds, sha1, siblings: dict, excluded, where, settings: dict):
+        self.index, self.ids, self.sha1, self.siblings = index, ids, sha1, siblings
+        self.excluded, self.where, self.settings = excluded, where, settings
+        if hasattr(index, "nprobe"):
+            index.nprobe = settings["nprobe"]
+        names = ("num_negatives", "range_min", "range_max", "margin", "max_score")
+        self.config = MiningConfig(**{k: settings[k] for k in names})
+
+    def negatives(self, queries: list[str], positives: list[str], vectors: np.ndarray, paths: list[str]):
+        """A pyarrow table: query, positive_id, negative_ids, and per row the candidates the margin and the score
+        cap removed and the number of random negatives. `paths` name each row's file in errors."""
+        import pyarrow as pa
+
+        from ragtune.faiss_search import search_chunked
+        from ragtune.mining import screen_window
+
+        s, n = self.settings, self.settings["num_negatives"]
+        own = [self.ids.position(p) for p in positives]
+        scores, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
+        positive_scores = [None] * len(own)
+        if s["margin"] is not None:
+            positive_scores = np.einsum("ij,ij->i", vectors, stored_vectors(self.index, own, self.where)).tolist()
+        negatives, counts = [], {name: [] for name in COUNTS}
+        for i, (query, positive, mine) in enumerate(zip(queries, positives, own, strict=True)):
+            answers = set(self.siblings.get(query, (mine,)))
+            texts = {self.sha1[a] for a in answers}
+            pool = [
+                (score, c)
+                for score, c in zip(scores[i].tolist(), found[i].tolist(), strict=True)
+                if c >= 0 and c not in answers and self.sha1[c] not in texts
+            ][: s["range_max"]]
+            removed: Counter = Counter()
+            window = screen_window(pool, positive_scores[i], None, None, self.config, removed)
+            rng = row_rng(query, positive, s["seed"])
+            if s["sampling"] == "random":
+                rng.shuffle(window)
+            picks = window[:n]
+            short = n - len(picks)
+            if short:
+                taken = set(picks)
+
+                def refused(c: int, answers=answers, texts=texts, taken=taken) -> bool:
+                    held = self.excluded is not None and self.excluded[c]
+                    return c in answers or c in taken or self.sha1[c] in texts or bool(held)
+
+                where = f"{paths[i]}: the row of positive {positive!r}"
+                picks += random_fill(rng, short, len(self.sha1), refused, where)
+            negatives.append([self.ids[c] for c in picks])
+            counts["within_margin"].append(removed["within_margin_of_positive"])
+            counts["above_max_score"].append(removed["above_max_score"])
+            counts["random_negatives"].append(short)
+        return pa.table(
+            {
+                "query": queries,
+                "positive_id": positives,
+                "negative_ids": pa.array(negatives, type=pa.list_(pa.string())),
+                **{name: pa.array(v, type=pa.int16()) for name, v in counts.items()},
+            }
+        )
 
 
 def pair_rows(paths: list[str], query_column: str, positive_column: str) -> list[tuple[str, str, str]]:
@@ -163,6 +308,26 @@ def least_similar_from_shards(
     stats: dict = {"strategy": "least-similar", "rows": len(rows), "corpus": len(ids)}
     least_similar_negatives(walk_rows, guards, vectors, MiningConfig(num_negatives=num_negatives), stats)
     return [r.negative_ids for r in walk_rows], stats
+
+
+def mined_counts(mined: Path) -> dict[str, int]:
+    """What `mine_from_shards` did, summed from its Parquet files' count columns alone (never the rows): rows, the
+    candidates the margin and the score cap removed, and the rows topped up with random passages."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    totals = dict.fromkeys(("rows", *COUNTS, "rows_with_random_fallback"), 0)
+    for f in sorted(mined.glob("*.parquet")):
+        names = pq.read_schema(f).names
+        table = pq.read_table(f, columns=[c for c in COUNTS if c in names])
+        totals["rows"] += pq.read_metadata(f).num_rows
+        for column in table.column_names:
+            totals[column] += int(pc.sum(table.column(column)).as_py() or 0)
+        if "random_negatives" in names:
+            totals["rows_with_random_fallback"] += int(
+                pc.sum(pc.greater(table.column("random_negatives"), 0)).as_py() or 0
+            )
+    return totals
 
 
 def training_data_from_shards(mined: str | Path, index: str | Path, out: str | Path) -> Path:

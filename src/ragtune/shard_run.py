@@ -11,7 +11,7 @@ The stages of `pipeline.run`, each done from files on the Ray cluster, each skip
     eval/         base vs tuned on validation, test and each eval set, every query over the whole corpus
     results.json, report.md, report.html
 What the in-memory run has and this one does not: BM25 and its fusion (BM25's statistics need every text in one
-process), the margin/score guards of mining, groups, and the pair scores and query movers of the report.
+process), mining's near-duplicate test and cross-encoder, groups, and the pair scores and query movers of the report.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ragtune.errors import RagtuneError, RegressionError
 from ragtune.metrics import HEADLINE
 from ragtune.outputs import claim_folder, replace_folder, write_json, write_jsonl, write_text
 from ragtune.report import RunResult, regression_check, verdict
-from ragtune.shard_mining import pair_rows
+from ragtune.shard_mining import mined_counts, pair_rows
 from ragtune.shards import corpus_files, embed_shards, index_from_shards, mine_from_shards
 from ragtune.splits import split_queries
 from ragtune.stages import file_key, run_stage, stage_key, train_in_run
@@ -152,8 +152,6 @@ def _index(config: RunConfig, model: str, out: Path) -> None:
 
 
 def _mine(config: RunConfig, out: Path) -> None:
-    import pyarrow.parquet as pq
-
     split, mining = out / "split", config.mining
     counts = json.loads((split / "split.json").read_text())["splits"]
     held_out = [split / f"{name}.jsonl" for name in HELD_OUT if counts[name]["rows"]]
@@ -170,17 +168,15 @@ def _mine(config: RunConfig, out: Path) -> None:
         strategy=mining.strategy,
         held_out=held_out,
         training_data=out / "data",
+        margin=mining.margin,
+        max_score=mining.max_score,
+        sampling=mining.sampling,
+        seed=mining.seed,
     )
-    found = [
-        len(n)
-        for f in sorted(rows.glob("*.parquet"))
-        for n in pq.read_table(f, columns=["negative_ids"]).column("negative_ids").to_pylist()
-    ]
     stats = {
         "strategy": mining.strategy,
-        "rows": len(found),
+        **mined_counts(rows),
         "negatives_per_row": mining.num_negatives,
-        "rows_short_of_negatives": sum(n < mining.num_negatives for n in found),
         "held_out": ", ".join(f"{name} ({counts[name]['rows']} rows)" for name in HELD_OUT if counts[name]["rows"]),
     }
     write_json(out / "mined" / "stats.json", stats)

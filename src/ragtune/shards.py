@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from ragtune.config import MiningConfig, format_validation_error
 from ragtune.embeddings import ENGINE, Encoder
 from ragtune.errors import RagtuneError
 from ragtune.index import INDEX_META, SHA1_FILE, encoder_for
@@ -514,55 +516,37 @@ def _sample(shards: Shards, size: int, seed: int) -> np.ndarray:
 
 
 class _MineRows:
-    """Actor: the model and a copy of the index; each block of (query, positive id) rows gets its hard negatives."""
+    """Actor: the model and a `HardMiner` over a copy of the index; each block of (query, positive id) rows is
+    encoded here and gets its hard negatives from the miner."""
 
-    def __init__(self, model: tuple, blob, ids, sha1, siblings, settings: dict, columns: tuple, excluded):
+    def __init__(self, model: tuple, blob, ids, sha1, siblings, settings: dict, columns: tuple, excluded, where):
         import faiss
         import ray
 
         from ragtune.embeddings import load_model
+        from ragtune.shard_mining import HardMiner
 
         location, max_seq_length, backend = model
         self.model = load_model(location, max_seq_length, backend=backend)
-        self.index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = settings["nprobe"]
-        self.ids = ray.get(ids)  # `PassageIds`, one copy in the object store per node, shared zero-copy
-        self.sha1 = ray.get(sha1)
-        self.siblings = ray.get(siblings)  # query -> positions of all its positives, for queries with several
-        self.settings, (self.query_column, self.positive_column) = settings, columns
-        self.excluded = ray.get(excluded)  # held-out passages (a boolean mask), never returned by the search
+        index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
+        # The id arrays, hashes, sibling positives and held-out mask are in the object store once per node, and
+        # numpy arrays are read from it zero-copy; `where` is None unless an IVF-PQ index scores positives.
+        self.miner = HardMiner(
+            index, ray.get(ids), ray.get(sha1), ray.get(siblings), ray.get(excluded), ray.get(where), settings
+        )
+        self.settings, self.columns = settings, columns
 
     def __call__(self, rows: dict):
-        from ragtune.faiss_search import search_chunked
-
-        s = self.settings
-        _complete(rows, (self.query_column, self.positive_column))
-        queries = [str(q) for q in rows[self.query_column]]
-        positives = [str(p) for p in rows[self.positive_column]]
-        own = [self.ids.position(p) for p in positives]
-        unknown = [(p, path) for p, path, i in zip(positives, rows["path"], own, strict=True) if i is None]
+        _complete(rows, self.columns)
+        queries = [str(q) for q in rows[self.columns[0]]]
+        positives = [str(p) for p in rows[self.columns[1]]]
+        unknown = [
+            (p, path) for p, path in zip(positives, rows["path"], strict=True) if self.miner.ids.position(p) is None
+        ]
         if unknown:
             raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
-        vectors = _encode_sorted(self.model, queries, s["batch_size"])
-        # As `ragtune mine --strategy hard`: the ranking minus the query's positives and passages with their texts.
-        _, found = search_chunked(self.index, vectors, s["range_max"] + s["extra"], self.excluded)
-        negatives = []
-        for row, query, mine in zip(found, queries, own, strict=True):
-            answers = self.siblings.get(query, (mine,))
-            texts = {self.sha1[a] for a in answers}
-            pool = [c for c in row.tolist() if c >= 0 and c not in answers and self.sha1[c] not in texts]
-            picks = pool[: s["range_max"]][s["range_min"] : s["range_min"] + s["num_negatives"]]
-            negatives.append([self.ids[c] for c in picks])
-        import pyarrow as pa
-
-        return pa.table(
-            {
-                "query": queries,
-                "positive_id": positives,
-                "negative_ids": pa.array(negatives, type=pa.list_(pa.string())),
-            }
-        )
+        vectors = _encode_sorted(self.model, queries, self.settings["batch_size"])
+        return self.miner.negatives(queries, positives, vectors, [str(p) for p in rows["path"]])
 
 
 def mine_from_shards(
@@ -578,13 +562,20 @@ def mine_from_shards(
     strategy: str = "hard",
     held_out: list[str | Path] = (),
     training_data: str | Path | None = None,
+    margin: float | None = None,
+    max_score: float | None = None,
+    sampling: str = "top",
+    seed: int = 42,
 ) -> Path:
     """Hard negatives for every (query, positive id) row of `pairs` (JSONL/Parquet), searched in `index` (from
     `index_from_shards`) by actors on the active Ray cluster; Parquet files of (query, positive_id, negative_ids)
-    in `out`. A row gets the candidates ranked `range_min`..`range_max` (after dropping every positive of its query,
-    in any of the files, passages with a positive's exact text and held-out passages), the top `num_negatives` of
-    them; rows are not otherwise screened (no margin, no groups: those need every vector or the prepared dataset in
-    one place, as `ragtune mine` has them).
+    in `out`, with per-row counts of candidates the margin and score cap removed and of random negatives. As
+    `ragtune mine --strategy hard`: a row's candidates are its query's ranking without every positive of the query
+    (in any of the files), passages with a positive's exact text and held-out passages, up to `range_max`; past
+    `range_min` those above `max_score` or within `margin` of the positive's score are dropped, and the first
+    `num_negatives` of the rest are its negatives (`sampling="random"`: a random choice of them), topped up with
+    random passages when too few are left. Not done here: groups and the near-duplicate test (they need the
+    prepared dataset or every vector in one place, as `ragtune mine` has them).
 
     `strategy="least-similar"`: the classic walk instead (`ragtune.shard_mining`): each row, in file order, gets
     the passages least similar to its positive that no earlier row took and that are neither a positive of its query
@@ -594,13 +585,17 @@ def mine_from_shards(
         index: A folder from `index_from_shards` (it keeps the text hashes the same-text guard reads).
         pairs: JSONL or Parquet files of `query_column` and `positive_column` (an id in the index).
         out: A new folder (or one ragtune made) for the Parquet results.
-        num_negatives, range_min, range_max: As `ragtune mine --strategy hard`.
+        num_negatives, range_min, range_max, margin, max_score, sampling: As `ragtune mine --strategy hard`; the
+            positive's score is from the index's stored vector (an IVF-PQ index: its decoded code, as the
+            candidates' scores are).
         nprobe: Cells searched per query in an IVF-PQ index.
-        strategy: "hard", or "least-similar" (an exact index; range_min, range_max and nprobe do not apply).
+        strategy: "hard", or "least-similar" (an exact index; only num_negatives and held_out apply).
         held_out: Files of (query, positive id) rows held out for evaluation (the same columns as `pairs`): their
             positives are never anyone's negatives, so training never pushes a test answer away.
         training_data: Also write the rows, with their passages' texts, as a `ragtune train --data` folder here
             (`ragtune.shard_mining.training_data_from_shards`).
+        seed: Of the random choices; each row draws from its own generator (seeded by it and `seed`), so results
+            do not depend on how the rows are spread over actors.
 
     Returns:
         The output folder.
@@ -609,6 +604,18 @@ def mine_from_shards(
 
     if strategy not in ("hard", "least-similar"):
         raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
+    # The same checks as a run config's mining section, said as one line naming the setting.
+    try:
+        MiningConfig(
+            num_negatives=num_negatives,
+            range_min=range_min,
+            range_max=range_max,
+            margin=margin,
+            max_score=max_score,
+            sampling=sampling,
+        )
+    except ValidationError as err:
+        raise RagtuneError(f"mining settings: {format_validation_error(err)}") from None
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
@@ -622,6 +629,10 @@ def mine_from_shards(
             "num_negatives": num_negatives,
             "range_min": range_min,
             "range_max": range_max,
+            "margin": margin,
+            "max_score": max_score,
+            "sampling": sampling,
+            "seed": seed,
             "extra": 8,  # room for the positives and copies of them (more where a query has more positives)
             "nprobe": nprobe,
             "batch_size": 64,
@@ -639,11 +650,14 @@ def _hard_to_parquet(
     import ray
 
     from ragtune.faiss_search import read_index
-    from ragtune.shard_mining import PassageIds
+    from ragtune.shard_mining import PassageIds, list_positions
 
     # An on-disk index serializes as a reference to its lists file: actors map that file (on storage every node
     # sees), they do not get copies of it.
-    blob = ray.put(faiss.serialize_index(read_index(index / "index.faiss")))
+    searcher = read_index(index / "index.faiss")
+    blob = ray.put(faiss.serialize_index(searcher))
+    where = ray.put(list_positions(searcher) if settings["margin"] is not None else None)
+    del searcher
     actors = engine.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     table = PassageIds.read(index)
     siblings = _query_positives(paths, columns, table, partitions=2 * actors)
@@ -656,7 +670,7 @@ def _hard_to_parquet(
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, list(columns)).map_batches(
             _MineRows,
-            fn_constructor_args=(model, blob, ids, sha1, siblings, settings, columns, ray.put(excluded)),
+            fn_constructor_args=(model, blob, ids, sha1, siblings, settings, columns, ray.put(excluded), where),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
