@@ -102,17 +102,17 @@ def test_what_the_walk_cannot_use_is_a_one_line_error(tiny_model, tmp_path):
         least_similar_from_shards(exact, [("q", "nowhere", "where-1")], 1)
 
 
-def test_mined_rows_become_a_training_folder_that_trains(tiny_model, tmp_path):
+def test_mined_rows_become_a_training_folder_that_trains(tiny_model, tmp_path, monkeypatch):
     from test_shard_index import write_shards
 
     from ragtune.config import TrainConfig
     from ragtune.data import load_ragtune_data
-    from ragtune.shard_mining import training_data_from_shards
-    from ragtune.train import train
+    from ragtune.shard_mining import training_data_from_shards, validation_pool
+    from ragtune.train import train, validation_evaluator
 
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((300, 16)).astype(np.float32)
-    write_shards(tmp_path / "shards", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    vectors = _unit(rng, 300)
+    write_shards(tmp_path / "shards", vectors)
     index = index_from_shards(tmp_path / "shards", tmp_path / "index")
     rows = [(f"what is passage {i}?", f"p{i}", "x") for i in range(0, 300, 3)]
     negatives, _ = least_similar_from_shards(index, rows, 2)
@@ -130,7 +130,25 @@ def test_mined_rows_become_a_training_folder_that_trains(tiny_model, tmp_path):
         assert data.corpus[positive] == f"passage {positive[1:]}"  # the text the index holds for that id
         assert all(data.corpus[n] == f"passage {n[1:]}" for n in negs)
     result = train(str(tiny_model), folder, tmp_path / "tuned", TrainConfig(epochs=1, batch_size=8))
-    assert result.steps == 13 and (result.model_dir / "config.json").is_file()
+    assert result.steps == 13 and (result.model_dir / "config.json").is_file() and result.best_metric is None
+
+    # Validation from a pool: 40 of 100 held-out queries, each among its positive and the index's top 5 for it
+    # (the index's model is a stand-in here that knows each query's vector: near its passage's).
+    held = [{"query": f"what is passage {i}?", "positive_id": f"p{i}"} for i in range(1, 300, 3)]
+    noise = _unit(rng, 300)
+    known = {r["query"]: vectors[int(r["positive_id"][1:])] + 0.5 * noise[n] for n, r in enumerate(held)}
+    monkeypatch.setattr("ragtune.index.encoder_for", lambda meta, **_: _Vectors(known))
+    pool = validation_pool(index, write_jsonl(tmp_path / "validation.jsonl", held), queries=40, depth=5, seed=0)
+    assert len(pool.queries) == 40 and set(pool.queries.values()) <= set(known)
+    positives = {p for rel in pool.qrels.values() for p in rel}
+    assert len(positives) == 40 and positives <= set(pool.passages) and 40 < len(pool.passages) <= 40 * 6
+    folder = training_data_from_shards(tmp_path / "mined", index, tmp_path / "train-val", pool)
+    data = load_ragtune_data(folder)
+    assert sorted(data.splits["validation"]) == sorted(pool.queries) and len(data.splits["train"]) == 100
+    evaluator = validation_evaluator(folder, 8)
+    assert sorted(evaluator.data.corpus) == pool.passages  # the pool, not the 300 training passages
+    result = train(str(tiny_model), folder, tmp_path / "tuned-val", TrainConfig(epochs=1, batch_size=8))
+    assert result.steps == 13 and result.best_metric is not None and result.best_checkpoint
 
     (tmp_path / "other").mkdir()
     table["negative_ids"] = [["p0", "elsewhere"]] + negatives[1:]

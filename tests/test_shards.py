@@ -277,7 +277,7 @@ def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(
         "base_model": str(tiny_model),
         "output_dir": str(tmp_path / "run"),
         "data": {"path": str(tmp_path / "pairs.jsonl"), "query_column": "question"},
-        "shards": {"corpus": str(tmp_path / "corpus"), "positive_column": "doc"},
+        "shards": {"corpus": str(tmp_path / "corpus"), "positive_column": "doc", "validation_depth": 10},
         "mining": {"strategy": "hard"},
         "train": {"batch_size": 16},
         "eval_sets": [{"name": "users", "path": str(users), "split": "test"}],
@@ -307,6 +307,9 @@ def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(
     assert len(mined) == split["train"]["rows"] and all(r["negative_ids"] for r in mined)
     assert not held & {n for r in mined for n in r["negative_ids"]}
     assert all(not set(r["negative_ids"]) & set(qrels["train"][r["query"]]) for r in mined)
+    # Training chose its checkpoint on the validation queries, each among its answers and the base model's top 10.
+    assert result["mining"]["validation_during_training"].startswith(f"{len(qrels['validation'])} queries among")
+    assert json.loads((out / "model" / "ragtune_train.json").read_text())["best_validation_ndcg@10"] > 0
 
     # The corpus in memory, one process: the same numbers, to the float rounding of the shards' vectors.
     beir = tmp_path / "beir"

@@ -266,6 +266,13 @@ class ShardsConfig(Settings):
     ivf_pq_from: int = Field(1_000_000, ge=1, description="From this many passages the index is IVF-PQ, else exact.")
     code_bytes: int | None = Field(None, ge=1, description="IVF-PQ bytes per passage (default: one per 2 dimensions).")
     nprobe: int = Field(32, ge=1, description="IVF-PQ cells searched per query, in mining and evaluation.")
+    validation_queries: int = Field(
+        1000,
+        ge=0,
+        description="Validation during training: this many validation queries (a seeded sample; 0: none), each "
+        "searched among its positives and the base model's top validation_depth passages, not the whole corpus.",
+    )
+    validation_depth: int = Field(30, ge=1, description="The base model's candidates per validation query.")
 
 
 class RunConfig(Settings):

@@ -22,6 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -330,11 +331,55 @@ def mined_counts(mined: Path) -> dict[str, int]:
     return totals
 
 
-def training_data_from_shards(mined: str | Path, index: str | Path, out: str | Path) -> Path:
+@dataclass
+class ValidationPool:
+    """What training validates on when the corpus is out of reach: some held-out queries, their positives, and the
+    passages the base model ranks highest for them (the ones a tuned model must learn to rank below the positives).
+    Bounded by queries x depth, so each evaluation during training encodes thousands of passages, not millions."""
+
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, float]]
+    passages: list[str]  # ids: the positives and the candidates
+
+
+def validation_pool(
+    index: str | Path, pairs: str | Path, queries: int, depth: int, seed: int, positive_column: str = "positive_id"
+) -> ValidationPool | None:
+    """A seeded sample of `queries` queries of the (query, positive id) file `pairs`, and for each its positives and
+    the top `depth` passages of `index` (searched with the model it was built with). None when there are none."""
+    from ragtune.data import text_id
+    from ragtune.faiss_search import read_index, search_chunked
+    from ragtune.index import doc_ids, encoder_for
+
+    index = Path(index)
+    qrels: dict[str, dict[str, float]] = {}
+    texts: dict[str, str] = {}
+    for query, positive, _ in pair_rows([str(pairs)], "query", positive_column):
+        qid = text_id("q", query)
+        texts[qid] = query
+        qrels.setdefault(qid, {})[positive] = 1.0
+    if not queries or not qrels:
+        return None
+    rng = np.random.default_rng(seed)
+    qids = sorted(qrels)
+    qids = [qids[i] for i in sorted(rng.choice(len(qids), min(queries, len(qids)), replace=False))]
+    encoder = encoder_for(json.loads((index / "index.json").read_text()))
+    vectors = encoder.encode([texts[q] for q in qids], desc="encoding validation queries")
+    _, found = search_chunked(read_index(index / "index.faiss"), vectors, depth)
+    names = doc_ids(index, positions={int(p) for p in np.unique(found) if p >= 0})
+    passages = {p for q in qids for p in qrels[q]} | set(names.values())
+    return ValidationPool({q: texts[q] for q in qids}, {q: qrels[q] for q in qids}, sorted(passages))
+
+
+def training_data_from_shards(
+    mined: str | Path, index: str | Path, out: str | Path, validation: ValidationPool | None = None
+) -> Path:
     """A `ragtune train --data` folder from the rows `mine_from_shards` wrote to `mined` (query, positive id,
     negative ids): every row in the train split, with the texts of its positive and negatives read from `index`'s
-    `docs.jsonl` (streamed, keeping only those passages). It has no validation split (training then keeps its last
-    checkpoint): a validation over the whole corpus is `evaluate_from_shards`' job, after indexing the tuned model.
+    `docs.jsonl` (streamed, keeping only those passages). With a `validation` pool, its queries are the validation
+    split and training keeps the checkpoint that ranks them best among the pool's passages (`validation_passages` in
+    the folder's metadata: validation searches those, not the training passages); without, it keeps its last one.
+    Either way the judge is `evaluate_from_shards` over the whole corpus, after indexing the tuned model.
 
     Returns:
         The folder.
@@ -353,6 +398,7 @@ def training_data_from_shards(mined: str | Path, index: str | Path, out: str | P
     claim_folder(out, "data", [mined, index])
     records = [r for f in files for r in pq.read_table(f, columns=["query", "positive_id", "negative_ids"]).to_pylist()]
     wanted = {r["positive_id"] for r in records} | {n for r in records for n in r["negative_ids"]}
+    wanted |= set(validation.passages) if validation else set()
     texts = {doc["id"]: doc["text"] for doc in documents_where(index, wanted=wanted).values()}
     missing = wanted - set(texts)
     if missing:
@@ -363,8 +409,17 @@ def training_data_from_shards(mined: str | Path, index: str | Path, out: str | P
         queries[qid] = r["query"]
         qrels.setdefault(qid, {})[r["positive_id"]] = 1.0
         rows.append(Row(qid, r["positive_id"], 1.0, list(r["negative_ids"])))
+    splits, meta = {"train": list(queries)}, {"mined": str(mined), "index": str(index)}
+    if validation:
+        held = [q for q in validation.queries if q not in queries]  # a query also trained on is not held out
+        for qid in held:
+            queries[qid] = validation.queries[qid]
+            qrels[qid] = validation.qrels[qid]
+            rows += [Row(qid, p, grade) for p, grade in validation.qrels[qid].items()]
+        splits["validation"] = held
+        meta["validation_passages"] = validation.passages
     data = PairData(texts, queries, qrels, LoadStats(source=str(mined), format="mined shards"))
     with replace_folder(out, "data") as new:
-        save_splits(data, rows, {"train": list(queries)}, new, {"mined": str(mined), "index": str(index)})
+        save_splits(data, rows, splits, new, meta)
     log.info("training folder %s: %d rows, %d passages", out, len(rows), len(texts))
     return out

@@ -5,8 +5,9 @@ The stages of `pipeline.run`, each done from files on the Ray cluster, each skip
                   files, and the held-out queries as a BEIR folder (queries.jsonl, qrels/)
     base/         the corpus encoded by the base model into Parquet shards, and their index
     mined/        hard or least-similar negatives for the train rows (held-out positives never negatives);
-    data/         the training folder with the texts of those rows only
-    model/        the fine-tuned model (no validation during training: the guard judges afterwards)
+    data/         the training folder: the texts of those rows only, and a validation pool (below)
+    model/        the fine-tuned model, its checkpoint chosen on a sample of validation queries among their
+                  positives and the base model's top passages (the guard judges afterwards, over the whole corpus)
     tuned/        the corpus encoded by the tuned model, and its index
     eval/         base vs tuned on validation, test and each eval set, every query over the whole corpus
     results.json, report.md, report.html
@@ -30,7 +31,7 @@ from ragtune.errors import RagtuneError, RegressionError
 from ragtune.metrics import HEADLINE
 from ragtune.outputs import claim_folder, replace_folder, write_json, write_jsonl, write_text
 from ragtune.report import RunResult, regression_check, verdict
-from ragtune.shard_mining import mined_counts, pair_rows
+from ragtune.shard_mining import mined_counts, pair_rows, training_data_from_shards, validation_pool
 from ragtune.shards import corpus_files, embed_shards, index_from_shards, mine_from_shards
 from ragtune.splits import split_queries
 from ragtune.stages import file_key, run_stage, stage_key, train_in_run
@@ -77,7 +78,8 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     run_stage(
         "encode and index the corpus (base model)", out / "base", k_base, lambda: _index(config, base, out / "base")
     )
-    k_mine = stage_key(k_split, k_base, config.mining.model_dump(), shards.nprobe)
+    validation = (shards.validation_queries, shards.validation_depth)
+    k_mine = stage_key(k_split, k_base, config.mining.model_dump(), shards.nprobe, validation)
     run_stage("mine negatives (from the shards)", out / "mined", k_mine, lambda: _mine(config, out))
     k_train = stage_key(k_mine, config.train.model_dump())
     run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train))
@@ -156,8 +158,9 @@ def _mine(config: RunConfig, out: Path) -> None:
     counts = json.loads((split / "split.json").read_text())["splits"]
     held_out = [split / f"{name}.jsonl" for name in HELD_OUT if counts[name]["rows"]]
     claim_folder(out / "mined", "stage")
+    index = out / "base" / "index"
     rows = mine_from_shards(
-        out / "base" / "index",
+        index,
         [split / "train.jsonl"],
         out / "mined" / "rows",
         positive_column="positive_id",
@@ -167,17 +170,29 @@ def _mine(config: RunConfig, out: Path) -> None:
         nprobe=config.shards.nprobe,
         strategy=mining.strategy,
         held_out=held_out,
-        training_data=out / "data",
         margin=mining.margin,
         max_score=mining.max_score,
         sampling=mining.sampling,
         seed=mining.seed,
     )
+    pool = None
+    if counts["validation"]["rows"]:
+        shards = config.shards
+        pool = validation_pool(
+            index, split / "validation.jsonl", shards.validation_queries, shards.validation_depth, config.split.seed
+        )
+    training_data_from_shards(rows, index, out / "data", pool)
     stats = {
         "strategy": mining.strategy,
         **mined_counts(rows),
         "negatives_per_row": mining.num_negatives,
         "held_out": ", ".join(f"{name} ({counts[name]['rows']} rows)" for name in HELD_OUT if counts[name]["rows"]),
+        "validation_during_training": (
+            f"{len(pool.queries)} queries among {len(pool.passages)} passages (their positives and the base model's "
+            f"top {config.shards.validation_depth})"
+            if pool
+            else "none"
+        ),
     }
     write_json(out / "mined" / "stats.json", stats)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ragtune import progress
 from ragtune.config import TrainConfig
-from ragtune.data import load_ragtune_data
+from ragtune.data import DATA_MARKER, load_ragtune_data
 from ragtune.embeddings import load_model, no_library_bars
 from ragtune.errors import RagtuneError
 from ragtune.outputs import claim_folder, replace_folder, write_json
@@ -242,6 +242,9 @@ def validation_evaluator(data_dir: Path, batch_size: int, dims: list[int] | None
     if not qids:
         return None
     val = data.subset(qids)
+    pool = json.loads((data_dir / DATA_MARKER).read_text()).get("validation_passages")
+    if pool is not None:  # a folder from shards: the base model's candidates, not every training passage
+        val.corpus = {p: data.corpus[p] for p in pool}
     full = GradedRetrievalEvaluator(val, "validation", batch_size)
     if not dims or len(dims) < 2:
         return full
