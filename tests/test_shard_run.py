@@ -133,3 +133,26 @@ def test_a_missing_corpus_is_one_line_before_any_cluster_starts(tmp_path):
     )
     assert done.returncode == 2 and done.stderr.strip() == "error: corpus/: no such file or folder"
     assert not (tmp_path / "out").exists() and "ray" not in done.stdout.lower()
+
+
+def test_bad_mining_settings_for_shards_are_one_line_before_any_cluster_starts(tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", [{"query": "q", "positive_id": "d1"}])
+    command = [
+        sys.executable,
+        "-m",
+        "ragtune",
+        "mine-shards",
+        "index/",
+        "pairs.jsonl",
+        "--out",
+        "neg",
+        "--margin",
+        "-1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: mining settings: margin: Input should be greater than or equal to 0"
+    (tmp_path / "index").mkdir()
+    done = subprocess.run(command[:-2], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: index: not a ragtune index"), done.stderr
+    assert not (tmp_path / "neg").exists()

@@ -712,8 +712,11 @@ def mine_shards_cmd(
     --strategy least-similar walks the rows in order here, over the exact index's vectors."""
     from ragtune.config import EngineConfig
     from ragtune.ray_engine import engine_for
-    from ragtune.shards import mine_from_shards
+    from ragtune.shards import check_mining, mine_from_shards
 
+    settings = {"num_negatives": num_negatives, "range_min": range_min, "range_max": range_max}
+    settings.update(margin=margin, max_score=max_score, sampling=sampling)
+    check_mining(index, [*pairs, *(held_out or [])], strategy, **settings)  # before a cluster starts
     with _shown(), engine_for(EngineConfig(kind="ray", address=ray_address)):
         done = mine_from_shards(
             index,

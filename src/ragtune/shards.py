@@ -602,20 +602,10 @@ def mine_from_shards(
     """
     from ragtune.shard_mining import held_out_mask, training_data_from_shards
 
-    if strategy not in ("hard", "least-similar"):
-        raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
-    # The same checks as a run config's mining section, said as one line naming the setting.
-    try:
-        MiningConfig(
-            num_negatives=num_negatives,
-            range_min=range_min,
-            range_max=range_max,
-            margin=margin,
-            max_score=max_score,
-            sampling=sampling,
-        )
-    except ValidationError as err:
-        raise RagtuneError(f"mining settings: {format_validation_error(err)}") from None
+    settings = {"num_negatives": num_negatives, "range_min": range_min, "range_max": range_max}
+    check_mining(
+        index, [*pairs, *held_out], strategy, **settings, margin=margin, max_score=max_score, sampling=sampling
+    )
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
@@ -641,6 +631,22 @@ def mine_from_shards(
     if training_data is not None:
         training_data_from_shards(out, index, training_data)
     return out
+
+
+def check_mining(index: str | Path, files: list[str | Path], strategy: str, **settings) -> None:
+    """What `mine_from_shards` would refuse, said before a cluster starts: the index folder, the pairs files, the
+    strategy and the mining settings (as a run config's `mining:` section checks them), each as one line."""
+    if strategy not in ("hard", "least-similar"):
+        raise RagtuneError(f"unknown strategy {strategy!r} for shards: hard or least-similar")
+    try:
+        MiningConfig(**settings)
+    except ValidationError as err:
+        raise RagtuneError(f"mining settings: {format_validation_error(err)}") from None
+    if not (Path(index) / INDEX_META).is_file():
+        raise RagtuneError(f"{index}: not a ragtune index (no {INDEX_META}); build one with `ragtune index --shards`")
+    for f in files:
+        if not Path(f).is_file():
+            raise RagtuneError(f"{f}: no such file")
 
 
 def _hard_to_parquet(
