@@ -349,7 +349,7 @@ def validation_pool(
     the top `depth` passages of `index` (searched with the model it was built with). None when there are none."""
     from ragtune.data import text_id
     from ragtune.faiss_search import read_index, search_chunked
-    from ragtune.index import doc_ids, encoder_for
+    from ragtune.index import INDEX_META, doc_ids, encoder_for
 
     index = Path(index)
     qrels: dict[str, dict[str, float]] = {}
@@ -363,7 +363,7 @@ def validation_pool(
     rng = np.random.default_rng(seed)
     qids = sorted(qrels)
     qids = [qids[i] for i in sorted(rng.choice(len(qids), min(queries, len(qids)), replace=False))]
-    encoder = encoder_for(json.loads((index / "index.json").read_text()))
+    encoder = encoder_for(json.loads((index / INDEX_META).read_text()))
     vectors = encoder.encode([texts[q] for q in qids], desc="encoding validation queries")
     _, found = search_chunked(read_index(index / "index.faiss"), vectors, depth)
     names = doc_ids(index, positions={int(p) for p in np.unique(found) if p >= 0})

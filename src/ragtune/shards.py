@@ -603,9 +603,8 @@ def mine_from_shards(
     from ragtune.shard_mining import held_out_mask, training_data_from_shards
 
     settings = {"num_negatives": num_negatives, "range_min": range_min, "range_max": range_max}
-    check_mining(
-        index, [*pairs, *held_out], strategy, **settings, margin=margin, max_score=max_score, sampling=sampling
-    )
+    settings.update(margin=margin, max_score=max_score, sampling=sampling)
+    check_mining(index, [*pairs, *held_out], strategy, **settings)
     engine = _engine()
     index, out = Path(index), Path(out)
     paths = [str(Path(p).resolve()) for p in pairs]
@@ -615,18 +614,9 @@ def mine_from_shards(
     if strategy == "least-similar":
         _least_similar_to_parquet(index, paths, out, (query_column, positive_column), num_negatives, excluded)
     else:
-        settings = {
-            "num_negatives": num_negatives,
-            "range_min": range_min,
-            "range_max": range_max,
-            "margin": margin,
-            "max_score": max_score,
-            "sampling": sampling,
-            "seed": seed,
-            "extra": 8,  # room for the positives and copies of them (more where a query has more positives)
-            "nprobe": nprobe,
-            "batch_size": 64,
-        }
+        # `extra`: room past range_max for the positives and copies of them the ranking drops (more where a query
+        # has more positives)
+        settings.update(seed=seed, extra=8, nprobe=nprobe, batch_size=64)
         _hard_to_parquet(index, paths, out, (query_column, positive_column), settings, excluded, engine)
     if training_data is not None:
         training_data_from_shards(out, index, training_data)
