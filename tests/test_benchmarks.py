@@ -121,3 +121,30 @@ def test_shard_index_memory_benchmark_reports_each_size(tmp_path):
         assert 24 * size["passages"] / 2**20 <= size["lists_file_mb"] + 0.05
         assert size["index"].startswith("ivf") and 0 < size["recall"] <= 1
         assert size["anon_peak_growth_mb"] > 0 and size["rss_peak_growth_mb"] > 0
+
+
+def test_brand_name_benchmark_counts_only_questions_a_brand_mapping_could_help(tmp_path):
+    from conftest import write_jsonl
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    passages = [
+        "Diazepam acts on GABA receptors in the brain.",
+        "Do not take naproxen (Aleve, Naprosyn) or diazepam (Valium) with alcohol.",
+        "Diazepam, sold as Valium, may cause drowsiness.",
+        "Take one tablet daily.",
+    ]
+    questions = ["how does valium affect the brain", "is valium sedating", "does aleve hurt", "how much valium"]
+    write_jsonl(beir / "corpus.jsonl", [{"_id": f"p{i}", "text": t} for i, t in enumerate(passages)])
+    write_jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": t} for i, t in enumerate(questions)])
+    # q0: brand only in the question, generic in its answer -> helped. q1: its answer names the brand as well.
+    # q2: its answer names neither. q3: no generic in its answer.
+    rows = "q0\tp0\t1\nq1\tp2\t1\nq2\tp0\t1\nq3\tp3\t1\n"
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    out = tmp_path / "b.json"
+    command = [sys.executable, str(BENCHMARKS / "brand_names.py"), "--data", str(beir), "--split", "test"]
+    subprocess.run(command + ["--output-json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["brands"] == 3  # aleve, naprosyn, valium
+    assert result["splits"]["test"]["questions"] == 4
+    assert result["splits"]["test"]["examples"] == {"q0": {"question": questions[0], "brands": ["valium"]}}
