@@ -1,9 +1,12 @@
-"""Small builders shared by tests that need a prepared/mined/split folder on disk."""
+"""Small builders shared by tests: toy pairs, a prepared/mined/split folder on disk, the entry point in-process."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from unittest import mock
 
+import pytest
 from conftest import write_jsonl
 
 from ragtune.config import MiningConfig, SplitConfig
@@ -31,3 +34,14 @@ def split_folder(tmp_path: Path, model: Path, n_queries: int = 40, strategy: str
     )
     split_stage(tmp_path / "mined", SplitConfig(), tmp_path / "data", tmp_path / "cache")
     return tmp_path / "data"
+
+
+def ragtune_here(*args) -> None:
+    """The `ragtune` entry point (`ragtune.cli.main`) with these arguments, in this process, which must succeed: a
+    process per command would import torch and sentence-transformers again, ~6 s of CPU each. Tests of the entry
+    point's own one-line errors and exit codes run it as a process (test_cli.py)."""
+    from ragtune.cli import main
+
+    with mock.patch.object(sys, "argv", ["ragtune", *map(str, args)]), pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None), f"ragtune {' '.join(map(str, args))}: exit {exited.value.code}"

@@ -17,8 +17,8 @@ a copy of the results). Four adaptations, and only these:
   and base model often tie; the model stays the real one);
 - `ragtune serve` is started in the background on a free port (the block's `127.0.0.1:8000` is pointed at it), the
   next lines of its block run against it, and it is stopped;
-- a block whose commands use `--ray-address auto` (a reader's running cluster) runs with a local Ray cluster started
-  for it (`ray start --head`, loopback, no dashboard) and stopped after.
+- a page whose commands use `--ray-address auto` (a reader's running cluster) runs with a local Ray cluster started
+  for it (`ray start --head`, loopback, no dashboard) and stopped after its last block.
 """
 
 import contextlib
@@ -223,44 +223,52 @@ def _run_page(page: Path, work: Path, runs: set[tuple[str, str]]) -> list[str]:
     """Run a page's blocks in `work`. A `ragtune run` the README ran with the same config file contents (the
     quickstart's `ragtune run my-run.yaml`) is not run again: every page starts from a copy of its results."""
     ran = []
-    for lang, block in _blocks(page):
-        if lang == "yaml" and "output_dir: runs/mine" in block:
-            (work / "my-run.yaml").write_text(block)
-        named = re.match(r"# ([\w.-]+\.yaml):", block) if lang == "yaml" else None
-        if named:
-            (work / named.group(1)).write_text(block)
-        if lang != "bash":
-            continue
-        server, port = None, None
-        cluster = _ray_cluster() if "--ray-address auto" in block else contextlib.nullcontext()
-        with cluster:
-            try:
-                for command in _commands(block):
-                    if command.startswith("ragtune serve"):
-                        if server is not None:  # a second server in the block replaces the first
-                            _stop(server)
-                        server, port = _serve(command, work)
-                        continue
-                    if port:
-                        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-                    if command.startswith("ragtune run "):
-                        config = (work / shlex.split(command)[2]).read_text()
-                        if (command, config) in runs:
-                            continue
-                        if page.name == "README.md":
-                            runs.add((command, config))
-                    status, printed = _run(command, work)
-                    assert status == 0, f"{page.name}: {command}\n{printed}"
-                    ran.append(command)
-            finally:
-                if server is not None:
+    blocks = _blocks(page)
+    ray = any(lang == "bash" and "--ray-address auto" in block for lang, block in blocks)
+    with _ray_cluster() if ray else contextlib.nullcontext():  # one cluster for the page, as a reader has one
+        for lang, block in blocks:
+            ran += _run_block(page, work, lang, block, runs)
+    return ran
+
+
+def _run_block(page: Path, work: Path, lang: str, block: str, runs: set[tuple[str, str]]) -> list[str]:
+    """Run one block: a `yaml` block is written where the commands after it read it, a `bash` block's commands run."""
+    if lang == "yaml" and "output_dir: runs/mine" in block:
+        (work / "my-run.yaml").write_text(block)
+    named = re.match(r"# ([\w.-]+\.yaml):", block) if lang == "yaml" else None
+    if named:
+        (work / named.group(1)).write_text(block)
+    if lang != "bash":
+        return []
+    ran = []
+    server, port = None, None
+    try:
+        for command in _commands(block):
+            if command.startswith("ragtune serve"):
+                if server is not None:  # a second server in the block replaces the first
                     _stop(server)
+                server, port = _serve(command, work)
+                continue
+            if port:
+                command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            if command.startswith("ragtune run "):
+                config = (work / shlex.split(command)[2]).read_text()
+                if (command, config) in runs:
+                    continue
+                if page.name == "README.md":
+                    runs.add((command, config))
+            status, printed = _run(command, work)
+            assert status == 0, f"{page.name}: {command}\n{printed}"
+            ran.append(command)
+    finally:
+        if server is not None:
+            _stop(server)
     return ran
 
 
 @contextlib.contextmanager
 def _ray_cluster() -> Iterator[None]:
-    """A running Ray cluster on this machine (loopback, no dashboard) for a block's `--ray-address auto`, as a
+    """A running Ray cluster on this machine (loopback, no dashboard) for a page's `--ray-address auto`, as a
     reader's cluster would be; stopped after."""
     ray = str(Path(sys.executable).parent / "ray")
     start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--num-cpus=2"]

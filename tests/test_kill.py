@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 from conftest import write_jsonl
-from helpers import toy_rows
+from helpers import ragtune_here, toy_rows
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -27,7 +27,8 @@ def _start(args):
     )
 
 
-def _finish(args):
+def _whole(args):
+    """A run as a user starts it, in its own process: its length sets where the kills land."""
     done = subprocess.run([sys.executable, "-m", "ragtune", *map(str, args)], capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -69,7 +70,7 @@ def test_kill_9_anywhere_in_a_run(tiny_model, tmp_path):
         return path
 
     started = time.monotonic()
-    _finish(["run", config_for("whole")])
+    _whole(["run", config_for("whole")])
     duration = time.monotonic() - started
     whole = json.loads((tmp_path / "runs" / "whole" / "results.json").read_text())
     before = _snapshot(neighbour) | {"data": data.read_bytes()}
@@ -79,7 +80,7 @@ def test_kill_9_anywhere_in_a_run(tiny_model, tmp_path):
         delay = random.Random(seed).uniform(0.1, 1.0) * duration
         name = f"kill{seed}"
         killed += _kill_after(["run", config_for(name)], delay)
-        _finish(["run", config_for(name)])
+        ragtune_here("run", config_for(name))
         again = json.loads((tmp_path / "runs" / name / "results.json").read_text())
         for system in ("bm25", "base"):
             assert again["metrics"][system] == whole["metrics"][system], (seed, system)
@@ -92,21 +93,32 @@ def test_kill_9_anywhere_in_a_run(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_during_index_add(tiny_model, tmp_path):
-    docs = [{"id": f"d{i}", "text": f"passage {i} on topic {i % 7} with words {i * 3}"} for i in range(400)]
-    first = write_jsonl(tmp_path / "first.jsonl", docs[:200])
-    every = write_jsonl(tmp_path / "all.jsonl", docs)
-    for seed in range(4):  # seed 4 would draw seed 3's moment again (4.4 s)
-        index = tmp_path / f"idx{seed}"
-        _finish(["index", tiny_model, first, "--out", index])
-        started = time.monotonic()
-        _kill_after(["index", tiny_model, every, "--out", index, "--add"], random.Random(seed).uniform(2, 12))
-        elapsed = time.monotonic() - started
-        # Whatever the moment, the index loads: the old version or the new one, never a mix.
-        from ragtune.index import Index
+    from ragtune.index import Index
 
+    docs = [{"id": f"d{i}", "text": f"passage {i} on topic {i % 7} with words {i * 3}"} for i in range(3000)]
+    first = write_jsonl(tmp_path / "first.jsonl", docs[:1500])
+    every = write_jsonl(tmp_path / "all.jsonl", docs)
+
+    def add(index, cache):
+        # Its own empty cache: the new passages must be encoded (cached, the add would end before any kill).
+        return ["index", tiny_model, every, "--out", index, "--add", "--cache-dir", cache]
+
+    ragtune_here("index", tiny_model, first, "--out", tmp_path / "timed")
+    started = time.monotonic()
+    _whole(add(tmp_path / "timed", tmp_path / "cache-timed"))
+    duration = time.monotonic() - started
+    killed = 0
+    for seed in range(4):
+        index = tmp_path / f"idx{seed}"
+        ragtune_here("index", tiny_model, first, "--out", index)
+        # The second half of the add: encoding, writing and swapping in the new version (the first is start-up).
+        moment = random.Random(seed).uniform(0.5, 1.0) * duration
+        killed += _kill_after(add(index, tmp_path / f"cache{seed}"), moment)
+        # Whatever the moment, the index loads: the old version or the new one, never a mix.
         count = len(Index.load(index).documents)
-        assert count in (200, 400), (seed, elapsed, count)
-        _finish(["index", tiny_model, every, "--out", index, "--add"])
+        assert count in (1500, 3000), (seed, moment, count)
+        ragtune_here(*add(index, tmp_path / f"cache{seed}"))
         loaded = Index.load(index)
         assert [d.id for d in loaded.documents] == [d["id"] for d in docs]
-        assert loaded.vectors.ntotal == 400
+        assert loaded.vectors.ntotal == 3000
+    assert killed >= 3  # the kills landed while the add ran, not after it finished

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 from conftest import write_jsonl
-from helpers import toy_rows
+from helpers import ragtune_here, toy_rows
 
 from ragtune.config import RunConfig
 from ragtune.errors import RegressionError
@@ -137,16 +137,14 @@ def test_killed_during_training_resumes_from_checkpoint(tiny_model, tmp_path):
     proc.wait()
     assert not (tmp_path / "run" / "model" / ".stage.json").exists(), "training finished before the kill"
 
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
+    ragtune_here(*command[3:])  # the re-run (and the uninterrupted one below) in this process: no second import
     info = json.loads((tmp_path / "run" / "model" / "ragtune_train.json").read_text())
     assert info["resumed_from"] and "checkpoint-" in info["resumed_from"]
     assert info["steps"] == 4 * 40  # 160 train rows / batch 4, four epochs: the full schedule ran
     assert (tmp_path / "run" / "report.md").exists()
     # Optimizer, scheduler and RNG state came back with the checkpoint: the interrupted run ends where an
     # uninterrupted one does (within 0.5 NDCG@10 points on validation).
-    whole = subprocess.run(command + ["--output-dir", str(tmp_path / "whole")], capture_output=True, env=env)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    ragtune_here(*command[3:], "--output-dir", tmp_path / "whole")
     uninterrupted = json.loads((tmp_path / "whole" / "model" / "ragtune_train.json").read_text())
     assert uninterrupted["resumed_from"] is None
     assert abs(info["best_validation_ndcg@10"] - uninterrupted["best_validation_ndcg@10"]) <= 0.005
