@@ -7,7 +7,9 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -33,17 +35,38 @@ def _whole(args):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _kill_after(args, delay: float) -> bool:
-    """Start, kill -9 the whole process group after `delay` seconds; True if it was still running."""
+def _kill_after(args, delay: float, trigger: Callable[[], bool] | None = None) -> bool:
+    """Start, kill -9 the whole process group `delay` seconds after the start, or after `trigger()` first holds;
+    True if it was still running."""
     proc = _start(args)
-    deadline = time.monotonic() + delay
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    deadline = None if trigger else time.monotonic() + delay
+    while proc.poll() is None and (deadline is None or time.monotonic() < deadline):
+        if deadline is None and trigger():
+            deadline = time.monotonic() + delay
+        time.sleep(0.001)
     alive = proc.poll() is None
     if alive:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return alive
+
+
+def _timed(args, building: Callable[[], bool]) -> tuple[float, float]:
+    """Run to the end: seconds until `building()` first held, and until it stopped holding."""
+    started = time.monotonic()
+    began = ended = None
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ragtune", *map(str, args)], stderr=err, env=ENV)
+        while proc.poll() is None:
+            now, held = time.monotonic() - started, building()
+            if began is None and held:
+                began = now
+            elif began is not None and ended is None and not held:
+                ended = now
+            time.sleep(0.001)
+        err.seek(0)
+        assert proc.returncode == 0 and began is not None, err.read().decode()[-3000:]
+    return began, ended or time.monotonic() - started
 
 
 def _snapshot(folder):
@@ -103,22 +126,32 @@ def test_kill_9_during_index_add(tiny_model, tmp_path):
         # Its own empty cache: the new passages must be encoded (cached, the add would end before any kill).
         return ["index", tiny_model, every, "--out", index, "--add", "--cache-dir", cache]
 
-    ragtune_here("index", tiny_model, first, "--out", tmp_path / "timed")
-    started = time.monotonic()
-    _whole(add(tmp_path / "timed", tmp_path / "cache-timed"))
-    duration = time.monotonic() - started
-    killed = 0
-    for seed in range(4):
-        index = tmp_path / f"idx{seed}"
+    def building(index):
+        """True once the add writes its new version beside the old one (`outputs.replace_folder`)."""
+        return lambda: any(index.parent.glob(f".{index.name}.new-*"))
+
+    timed = tmp_path / "timed"
+    ragtune_here("index", tiny_model, first, "--out", timed)
+    building_at, swapped_at = _timed(add(timed, tmp_path / "cache-timed"), building(timed))
+    killed, mid_write = 0, 0
+    # Two kills in start-up and encoding (0.4 and 0.8 of the way to writing), two while the new version is written
+    # beside the old one and swapped in (a quarter and three quarters through; some 30 ms here).
+    for n, (phase, fraction) in enumerate([("start", 0.4), ("write", 0.25), ("start", 0.8), ("write", 0.75)]):
+        index = tmp_path / f"idx{n}"
         ragtune_here("index", tiny_model, first, "--out", index)
-        # The second half of the add: encoding, writing and swapping in the new version (the first is start-up).
-        moment = random.Random(seed).uniform(0.5, 1.0) * duration
-        killed += _kill_after(add(index, tmp_path / f"cache{seed}"), moment)
+        if phase == "start":
+            moment, trigger = fraction * building_at, None
+        else:
+            moment, trigger = fraction * (swapped_at - building_at), building(index)
+        killed += _kill_after(add(index, tmp_path / f"cache{n}"), moment, trigger)
+        mid_write += building(index)()  # its half-written new version is still there
         # Whatever the moment, the index loads: the old version or the new one, never a mix.
-        count = len(Index.load(index).documents)
-        assert count in (1500, 3000), (seed, moment, count)
-        ragtune_here(*add(index, tmp_path / f"cache{seed}"))
+        survived = Index.load(index)
+        count = len(survived.documents)
+        assert count in (1500, 3000) and survived.vectors.ntotal == count, (phase, fraction, count)
+        ragtune_here(*add(index, tmp_path / f"cache{n}"))  # and the next add completes it
+        assert not building(index)()
         loaded = Index.load(index)
         assert [d.id for d in loaded.documents] == [d["id"] for d in docs]
         assert loaded.vectors.ntotal == 3000
-    assert killed >= 3  # the kills landed while the add ran, not after it finished
+    assert killed >= 3 and mid_write >= 1  # kills landed while the add ran, one while it wrote its new version
