@@ -40,9 +40,9 @@ def brand_to_generics(texts: list[str]) -> dict[str, set[str]]:
 def helped(question: str, passages: list[str], mapping: dict[str, set[str]]) -> list[str]:
     """The brands of `question` that only a brand-to-generic mapping links to one of its relevant `passages`."""
     words = set(re.findall(r"[a-z][a-z-]+", question.lower()))
+    texts = [p.lower() for p in passages]
     out = []
     for brand in sorted(words & mapping.keys()):
-        texts = [p.lower() for p in passages]
         if not any(brand in t for t in texts) and any(g in t for g in mapping[brand] for t in texts):
             out.append(brand)
     return out

@@ -36,12 +36,18 @@ def split_folder(tmp_path: Path, model: Path, n_queries: int = 40, strategy: str
     return tmp_path / "data"
 
 
-def ragtune_here(*args) -> None:
-    """The `ragtune` entry point (`ragtune.cli.main`) with these arguments, in this process, which must succeed: a
-    process per command would import torch and sentence-transformers again, ~6 s of CPU each. Tests of the entry
+def entry_point(*args) -> int:
+    """The `ragtune` entry point (`ragtune.cli.main`) with these arguments, in this process: its exit status. A
+    process per command would import torch and sentence-transformers again, ~6 s of CPU each; tests of the entry
     point's own one-line errors and exit codes run it as a process (test_cli.py)."""
     from ragtune.cli import main
 
     with mock.patch.object(sys, "argv", ["ragtune", *map(str, args)]), pytest.raises(SystemExit) as exited:
         main()
-    assert exited.value.code in (0, None), f"ragtune {' '.join(map(str, args))}: exit {exited.value.code}"
+    return exited.value.code or 0
+
+
+def ragtune_here(*args) -> None:
+    """`entry_point`, which must succeed."""
+    code = entry_point(*args)
+    assert code == 0, f"ragtune {' '.join(map(str, args))}: exit {code}"

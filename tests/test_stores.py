@@ -152,19 +152,16 @@ def test_a_new_model_is_checked_before_it_serves_a_regression_is_refused_and_rol
 
 
 @pytest.mark.slow  # twelve commands, five of them loading a model
-def test_store_commands_index_search_refuse_force_and_roll_back(beir, tiny_model, tmp_path, monkeypatch, capsys):
-    from ragtune.cli import main
+def test_store_commands_index_search_refuse_force_and_roll_back(beir, tiny_model, tmp_path, capsys):
+    from helpers import entry_point
 
     uri = f"lancedb://{tmp_path / 'vs'}"
 
     def ragtune(*args) -> subprocess.CompletedProcess:
-        """The `ragtune` entry point with these arguments, in this process (a process each would import torch
-        again): its exit status and what it printed on stdout and stderr."""
-        monkeypatch.setattr(sys, "argv", ["ragtune", *args])
-        with pytest.raises(SystemExit) as exited:
-            main()
+        """The `ragtune` entry point in this process: its exit status and what it printed on stdout and stderr."""
+        code = entry_point(*args)
         printed = capsys.readouterr()
-        return subprocess.CompletedProcess(args, exited.value.code or 0, printed.out, printed.err)
+        return subprocess.CompletedProcess(args, code, printed.out, printed.err)
 
     done = ragtune("index", "default", str(beir), "--store", uri, "--weight", "0.3")
     assert done.returncode == 0 and "now serves" in done.stdout, done.stderr
