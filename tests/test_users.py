@@ -6,13 +6,14 @@ import random
 import pytest
 from conftest import shared_file, write_jsonl
 
-from ragtune.adapt import adapt, load_user_queries, pseudo_label
+from ragtune.adapt import adapt, load_judged, load_user_queries, pseudo_label
 from ragtune.config import AdaptConfig, RunConfig, SplitConfig
 from ragtune.data import Document, LoadStats, PairData, load_pairs
 from ragtune.embeddings import Encoder
 from ragtune.errors import RagtuneError
 from ragtune.pipeline import run
-from ragtune.splits import split_queries
+from ragtune.splits import split_queries, trained_on
+from ragtune.tables import trained_on_note
 from ragtune.templates import template_stats, template_warning
 
 
@@ -112,6 +113,127 @@ def test_adapted_pairs_are_train_only_and_tagged(tiny_model, tmp_path):
     assert sorted(sum(split.values(), [])) == sorted(many.qrels)
 
 
+def _beir(folder, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, list[tuple]]) -> None:
+    folder.mkdir()
+    write_jsonl(folder / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in corpus.items()])
+    write_jsonl(folder / "queries.jsonl", [{"_id": i, "text": t} for i, t in queries.items()])
+    (folder / "qrels").mkdir()
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{p}\t{g}" for q, p, g in rows)]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_judged_user_questions_train_with_their_labels(tmp_path):
+    users = tmp_path / "users"
+    _beir(
+        users,
+        {
+            "d1": "Take warfarin at the same time each day.",
+            "d2": "Aspirin relieves pain and lowers fever.",
+            "d3": "Metformin is taken with meals.",
+            "d4": "Store insulin in the fridge.",
+        },
+        {
+            "u1": "can i take warfarin at night",
+            "u2": "can i take warfarin at night",
+            "u3": "metformin food?",
+            "u4": "is aspirin for fever",
+            "u5": "where to keep insulin",
+        },
+        {
+            "dev": [("u1", "d1", 1), ("u2", "d4", 2), ("u3", "d3", 1), ("u3", "d2", 0), ("u4", "d2", 0)],
+            "test": [("u5", "d4", 1)],
+        },
+    )
+    judged = load_judged(users, "dev")
+    # One entry per question text (u1 and u2 ask the same), relevant passages only (grade 0: u3-d2, u4), test unread.
+    assert judged == [
+        (
+            "can i take warfarin at night",
+            {"Take warfarin at the same time each day.": 1.0, "Store insulin in the fridge.": 2.0},
+        ),
+        ("metformin food?", {"Metformin is taken with meals.": 1.0}),
+    ]
+    with pytest.raises(RagtuneError, match="qrels/nope.tsv"):
+        load_judged(users, "nope")
+    write_jsonl(tmp_path / "q.jsonl", [{"text": "how do i take it"}])
+    with pytest.raises(RagtuneError, match="needs a BEIR folder"):
+        load_judged(tmp_path / "q.jsonl", "dev")
+
+    data = _labelled()
+    # The users' corpus holds d1 and the labelled aspirin passage, not d3 or d4: a judged answer outside it still
+    # joins the corpus, once.
+    documents = [Document("x1", "Take warfarin at the same time each day."), Document("x2", data.corpus["p1"])]
+    questions = ["can i take warfarin at night", "metformin food?"]
+    adapted, stats = adapt(data, documents, questions, None, AdaptConfig(methods=["judged"]), judged)
+    added = [q for q in adapted.qrels if q not in data.qrels]
+    assert set(adapted.train_only) == set(added)
+    got = {adapted.queries[q]: {adapted.corpus[p]: g for p, g in adapted.qrels[q].items()} for q in added}
+    assert got == dict(judged) and {adapted.methods[q] for q in added} == {"judged"}
+    assert stats.pairs_by_method == {"labelled": 2, "judged": 2} and stats.corpus_passages_new == 3
+    assert sorted(adapted.corpus.values()) == sorted({*data.corpus.values(), *(t for _, r in judged for t in r)})
+
+
+def test_judged_questions_are_not_pseudo_labelled_again(tiny_model, tmp_path):
+    corpus = {"a": "warfarin thins the blood; bleeding is its main risk", "b": "metformin is taken with meals"}
+    documents = [Document(pid, text) for pid, text in corpus.items()]
+    questions = ["does warfarin make me bleed", "when to take metformin with meals"]
+    encoder = Encoder(tiny_model, tmp_path / "cache", show_progress=False)
+    pseudo_only, _ = adapt(_labelled(), documents, questions, encoder, AdaptConfig(methods=["pseudo"]))
+    pseudo = {pseudo_only.queries[q] for q in pseudo_only.train_only}
+    assert pseudo  # else the check below would hold without judged doing anything
+    judged = [(text, {corpus["b"]: 1.0}) for text in sorted(pseudo)]
+    both = AdaptConfig(methods=["pseudo", "judged"])
+    adapted, stats = adapt(_labelled(), documents, questions, encoder, both, judged)
+    methods = [(adapted.queries[q], adapted.methods[q]) for q in adapted.train_only]
+    assert sorted(methods) == [(text, "judged") for text in sorted(pseudo)]
+    assert "pseudo" not in stats.pairs_by_method
+
+
+def test_judged_needs_a_split_and_never_judges_itself():
+    base = {
+        "data": {"path": "pairs.jsonl", "corpus": "users", "user_queries": "users", "user_queries_split": "dev"},
+        "adapt": {"methods": ["judged"]},
+    }
+    RunConfig.model_validate({**base, "eval_sets": [{"name": "users-test", "path": "users", "split": "test"}]})
+    with pytest.raises(ValueError, match="users-dev is the split adapt.methods: judged trains on"):
+        RunConfig.model_validate({**base, "eval_sets": [{"name": "users-dev", "path": "./users", "split": "dev"}]})
+    with pytest.raises(ValueError, match="judged needs data.corpus, data.user_queries"):
+        RunConfig.model_validate({**base, "data": {**base["data"], "user_queries_split": None}})
+    # Without judged the same eval set is allowed: pseudo-labels never read the labels it is scored on.
+    RunConfig.model_validate(
+        {
+            **base,
+            "adapt": {"methods": ["pseudo"]},
+            "eval_sets": [{"name": "users-dev", "path": "users", "split": "dev"}],
+        }
+    )
+
+
+def test_eval_questions_met_in_training_are_counted_and_reported():
+    trained = PairData(
+        {"p1": "Take it with food.", "p2": "Store it cold.", "p3": "It may cause nausea."},
+        {"t1": "how do i take x", "t2": "store it", "t3": "does x cause nausea"},
+        {"t1": {"p1": 1.0}, "t2": {"p2": 1.0}, "t3": {"p3": 1.0}},
+        LoadStats("x", "beir"),
+        splits={"train": ["t1", "t2"], "validation": ["t3"]},
+        methods={"t1": "labelled", "t2": "ict", "t3": "judged"},
+    )
+    evaluated = PairData(
+        {"e1": "Another answer.", "e2": "take it  with FOOD.", "e3": "Store it cold.", "e4": "It may cause nausea."},
+        {"a": "How do I take  X", "b": "with a meal?", "c": "fridge?", "d": "nausea?"},
+        {"a": {"e1": 1.0}, "b": {"e2": 1.0}, "c": {"e3": 1.0}, "d": {"e4": 1.0}},
+        LoadStats("y", "beir"),
+    )
+    # a: the words of a training question; b: the answer of a labelled one. c's answer only trained an ict pair,
+    # d's a judged question of validation: neither counts.
+    seen = trained_on(trained, evaluated)
+    assert seen == {"queries": 4, "same_question": 1, "same_answer": 1, "either": 2}
+    note = trained_on_note({"users": {"trained_on": seen}, "other": {"trained_on": {**seen, "either": 0}}})
+    assert note.startswith("users: 2 of 4 questions were met in training (1 asked in the same words, 1 answered")
+    assert "other" not in note and trained_on_note({"old": {}}) == ""
+
+
 @pytest.mark.slow
 def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     """The whole run on real data: MedQuAD pairs, MedicationQA's corpus and dev questions, its test half as an eval
@@ -145,6 +267,12 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     truth = load_pairs(medication)
     assert evalset["queries"] == len(truth.splits["test"]) and evalset["corpus"] == len(truth.corpus)
     assert set(evalset["metrics"]) == {"base", "tuned", "bm25", "base+bm25", "tuned+bm25"}
+    # Two test questions are also dev questions in the same words; pseudo-labelling may have trained on them.
+    trained = load_pairs(out / "data")
+    asked = {" ".join(trained.queries[q].lower().split()) for q in trained.splits["train"]}
+    test_texts = [" ".join(truth.queries[q].lower().split()) for q in truth.splits["test"]]
+    assert evalset["trained_on"]["same_question"] == sum(t in asked for t in test_texts)
+    assert evalset["trained_on"]["queries"] == len(test_texts)
     pairs = {(c["baseline"], c["system"]) for c in evalset["comparisons"]}
     assert {("base", "tuned"), ("bm25", "tuned")} <= pairs
     assert not evalset["templates"]["templated"]
@@ -158,6 +286,7 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     assert results["corpus"] >= adapt_stats["corpus_passages_new"] + 100
     report = (out / "report.md").read_text()
     assert "Where users are" in report and "| medicationqa-test | 346 |" in report and "Warning" in report
+    assert ("Seen in training:" in report) == (evalset["trained_on"]["either"] > 0)
     assert summary.eval_table.count("\n") == 2
 
     # The benchmark that collects recipes into the README's table reads the same run.

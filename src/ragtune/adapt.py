@@ -5,6 +5,8 @@ A team's labelled pairs (FAQ titles, curated questions) differ from its traffic;
 - `pseudo` pairs: each unlabelled user question (`data.user_queries`) with the passage of `data.corpus` that BM25
   and the base model both rank first. Agreement is the filter: on MedicationQA's dev questions 153 of 343 agreed and
   76.5% of those were right, against 52.8% for the base model's first passage alone (benchmarks/pseudo_labels.py);
+- `judged` pairs: each labelled user question (the queries of `data.user_queries`' qrels/<split>.tsv) with its
+  relevant passages, for teams that have labelled some of their traffic;
 - synthetic pairs made from `data.corpus` by the offline `ragtune.synth` methods (`ict`, `crop`, `title`), each
   query paired with its whole passage.
 Every added pair is train-only (unverified pairs never judge a model) and tagged with its method, so a report can
@@ -85,6 +87,27 @@ def load_user_queries(path: str | Path, split: str | None = None, column: str = 
     return list(dict.fromkeys(queries))
 
 
+def load_judged(path: str | Path, split: str | None) -> list[tuple[str, dict[str, float]]]:
+    """Labelled user questions: each query of a BEIR folder's `qrels/<split>.tsv`, with the texts of its relevant
+    passages and their grades (`load_beir` keeps only grades above 0)."""
+    from ragtune.data import load_beir
+
+    path = Path(path)
+    if not path.exists():
+        raise RagtuneError(f"user queries not found: {path}")
+    if detect_format(path) != "beir" or not split:
+        raise RagtuneError(f"{path}: adapt.methods: judged needs a BEIR folder and data.user_queries_split")
+    data = load_beir(path, skip_bad_rows=False)
+    if split not in data.splits:
+        raise RagtuneError(f"{path}: no qrels/{split}.tsv to take the judged {split!r} queries from")
+    judged: dict[str, dict[str, float]] = {}  # by question text: users ask the same thing more than once
+    for qid in data.splits[split]:
+        judged.setdefault(data.queries[qid], {}).update((data.corpus[p], g) for p, g in data.qrels[qid].items())
+    if not judged:
+        raise RagtuneError(f"{path}: qrels/{split}.tsv judges no passage relevant")
+    return list(judged.items())
+
+
 def pseudo_label(queries: list[str], corpus: dict[str, str], encoder: Encoder) -> tuple[list[tuple[str, str]], dict]:
     """(query, passage id) where BM25's and the base model's first passage agree; the rest are left out."""
     from ragtune.data import LoadStats
@@ -113,6 +136,7 @@ def adapt(
     user_queries: list[str] | None,
     encoder: Encoder | None,
     config: AdaptConfig,
+    judged: list[tuple[str, dict[str, float]]] | None = None,
 ) -> tuple[PairData, AdaptStats]:
     """`data` plus the users' corpus (`documents`) and train-only pairs made from it (see the module docstring)."""
     from ragtune.synth import synthesize
@@ -135,27 +159,38 @@ def adapt(
     made: Counter = Counter()
     asked = {q.strip().lower() for q in data.queries.values()}
 
-    def add(query: str, pid: str, method: str) -> None:
+    def add(query: str, relevant: dict[str, float], method: str) -> None:
         qid = text_id("q", f"{method}\0{query}")
         if qid in qrels or query.strip().lower() in asked:
             return  # a text already asked as a labelled question keeps its own label
-        queries[qid], qrels[qid], methods[qid] = query, {pid: 1.0}, method
+        queries[qid], qrels[qid], methods[qid] = query, relevant, method
         train_only.add(qid)
         made[method] += 1
 
+    if "judged" in config.methods and judged:
+        for query, passages in judged:
+            relevant = {}
+            for text, grade in passages.items():
+                if text not in known:  # a labelled answer outside data.corpus is still a passage users get
+                    known[text] = text_id("p", text)
+                    merged[known[text]] = text
+                    stats.corpus_passages_new += 1
+                relevant[known[text]] = grade
+            add(query, relevant, "judged")
+        asked.update(query.strip().lower() for query, _ in judged)  # a judged question is not pseudo-labelled too
     if "pseudo" in config.methods and user_queries:
         if encoder is None or not target:
             raise RagtuneError("adapt: pseudo-labels need data.corpus (the passages users search) and a model")
         pairs, stats.pseudo = pseudo_label(user_queries, target, encoder)
         for query, pid in pairs:
-            add(query, pid, "pseudo")
-    synthetic = [m for m in config.methods if m != "pseudo"]
+            add(query, {pid: 1.0}, "pseudo")
+    synthetic = [m for m in config.methods if m not in ("pseudo", "judged")]
     if synthetic and target:
         text_of = {d.id: d.text for d in documents}
         for pair in synthesize(documents, synthetic, config.seed)[0]:
             # The positive is the whole passage users search, not the method's fragment of it: fragments in the
             # corpus would be near-copies of real passages, distracting every evaluation.
-            add(pair.query, known[text_of[pair.doc_id]], pair.method)
+            add(pair.query, {known[text_of[pair.doc_id]]: 1.0}, pair.method)
     stats.pairs_by_method = {LABELLED: len(data.qrels), **dict(made)}
     log.info("adapt: %s", stats.to_dict())
     adapted = PairData(merged, queries, qrels, data.stats, data.splits, dict(data.groups), methods)

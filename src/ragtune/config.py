@@ -5,6 +5,7 @@ Unknown keys are rejected so that a typo in a config is an error, not a silently
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ Loss = Literal["mnrl", "cached-mnrl"]
 Adapter = Literal["none", "lora"]
 Precision = Literal["fp32", "bf16", "fp16"]
 SynthMethod = Literal["title", "ict", "crop"]
-AdaptMethod = Literal["pseudo", "ict", "crop", "title"]
+AdaptMethod = Literal["pseudo", "judged", "ict", "crop", "title"]
 RewriteStyle = Literal["keywords", "lower", "typo"]
 
 
@@ -50,8 +51,9 @@ class DataConfig(Settings):
     corpus_text_column: str = Field("text", description="Text column of a corpus file.")
     user_queries: str | None = Field(
         None,
-        description="Unlabelled questions as your users write them (BEIR folder, or a file with a `text` column): "
-        "`adapt.methods: [pseudo]` pairs them with passages of data.corpus. Their labels are never read.",
+        description="Questions as your users write them (BEIR folder, or a file with a `text` column): "
+        "`adapt.methods: [pseudo]` pairs them with passages of data.corpus without reading labels; `judged` trains "
+        "on them with their labels (a BEIR folder's qrels/<user_queries_split>.tsv).",
     )
     user_queries_split: str | None = Field(
         None, description="BEIR user_queries: take only the queries listed in qrels/<split>.tsv (e.g. dev)."
@@ -76,7 +78,8 @@ class AdaptConfig(Settings):
     methods: list[AdaptMethod] = Field(
         ["pseudo"],
         description="Train-only pairs made from data.corpus: pseudo (user queries paired where BM25 and the base "
-        "model agree), ict/crop/title (synthetic, ragtune.synth). Used only when data.corpus is set.",
+        "model agree), judged (user queries with their labelled passages), ict/crop/title (synthetic, "
+        "ragtune.synth). Used only when data.corpus is set.",
     )
     seed: int = Field(42, description="Seed of the synthetic methods.")
 
@@ -317,7 +320,23 @@ class RunConfig(Settings):
             raise ValueError(f"guard: {self.guard!r} is neither 'validation' nor an eval set's name ({names})")
         if self.shards:
             self._check_shards()
+        if "judged" in self.adapt.methods:
+            self._check_judged()
         return self
+
+    def _check_judged(self) -> None:
+        """Labelled user questions train the model: they need a split to come from, and must not also judge it."""
+        if not (self.data.corpus and self.data.user_queries and self.data.user_queries_split):
+            raise ValueError(
+                "adapt.methods: judged needs data.corpus, data.user_queries (a BEIR folder) and data.user_queries_split"
+            )
+        trained = (os.path.abspath(self.data.user_queries), self.data.user_queries_split)
+        for eval_set in self.eval_sets:
+            if (os.path.abspath(eval_set.path), eval_set.split) == trained:
+                raise ValueError(
+                    f"eval_sets: {eval_set.name} is the split adapt.methods: judged trains on "
+                    f"(data.user_queries_split: {trained[1]}); judge the model on other questions"
+                )
 
     def _check_shards(self) -> None:
         """What a run from shards cannot do, said before it starts rather than silently skipped."""

@@ -44,7 +44,7 @@ from ragtune.mining import mine, read_mined, save_mined
 from ragtune.outputs import claim_folder, replace_folder, write_json, write_text
 from ragtune.ray_engine import engine_for
 from ragtune.report import RunResult, summarise_run
-from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries
+from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries, trained_on
 from ragtune.stages import file_key, run_stage, stage_key, train_in_run
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def adapt_stage(
 ) -> dict[str, Any]:
     """The prepared pairs plus the users' corpus (`data.corpus`) and train-only pairs made from it (`ragtune.adapt`),
     saved like a prepared folder, which mining and splitting then read."""
-    from ragtune.adapt import adapt, load_user_queries
+    from ragtune.adapt import adapt, load_judged, load_user_queries
     from ragtune.data import load_documents
 
     data = data_mod.load_prepared(prepared)
@@ -129,8 +129,13 @@ def adapt_stage(
         if data_config.user_queries
         else None
     )
+    judged = (
+        load_judged(data_config.user_queries, data_config.user_queries_split)
+        if "judged" in config.methods and data_config.user_queries
+        else None
+    )
     encoder = Encoder(base_model, cache_dir, max_seq_length) if "pseudo" in config.methods and queries else None
-    adapted, stats = adapt(data, documents, queries, encoder, config)
+    adapted, stats = adapt(data, documents, queries, encoder, config, judged)
     with replace_folder(out, "adapted", [prepared, data_config.corpus, data_config.user_queries]) as new:
         data_mod.save_beir(adapted, new)
         write_json(new / "adapt.json", stats.to_dict())
@@ -550,6 +555,7 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
         path=eval_set.path,
         split=eval_set.split,
         templates=template_stats(list(queries.queries.values())).to_dict(),
+        trained_on=trained_on(data_mod.load_ragtune_data(out / "data"), queries),
     )
     folder = out / "eval" / "sets" / eval_set.name
     folder.mkdir(parents=True, exist_ok=True)

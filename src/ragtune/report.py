@@ -22,10 +22,22 @@ from ragtune.tables import (
     eval_sets_table,
     fusion_table,
     metrics_table,
+    trained_on_note,
 )
 
 COMPARED = ("ndcg@10", "mrr@10", "recall@10")
-EVAL_SET_FIELDS = ("path", "split", "queries", "corpus", "metrics", "ci95", "comparisons", "templates", "fusion")
+EVAL_SET_FIELDS = (
+    "path",
+    "split",
+    "queries",
+    "corpus",
+    "metrics",
+    "ci95",
+    "comparisons",
+    "templates",
+    "fusion",
+    "trained_on",
+)
 
 
 def compare_all(
@@ -245,7 +257,8 @@ def summarise_run(
         "corpus": test_base["corpus"],
         "test_templates": templates.to_dict(),
         "template_warning": template_warning(templates, others),
-        "eval_sets": {name: {k: r[k] for k in EVAL_SET_FIELDS} for name, r in sets.items()},
+        # trained_on: absent from eval sets evaluated before ragtune counted it
+        "eval_sets": {name: {k: r.get(k) for k in EVAL_SET_FIELDS} for name, r in sets.items()},
         "training_pairs_by_source": _training_sources(data),
     }
     summary["recommended_system"], summary["recommendation"] = recommend(summary["recommended_model"], fusion)
@@ -261,6 +274,7 @@ def summarise_run(
         "comparison_md": comparison_table(comparisons),
         "by_method_md": by_method_table(summary["by_method"], systems) if data.methods else "",
         "eval_sets_md": eval_sets_table(sets) if sets else "",
+        "trained_on_note": trained_on_note(sets),
         "fusion_md": fusion_table({"test": summary, **sets}),
         "config_yaml": resolved_yaml,
         "data_meta": data_meta,

@@ -130,6 +130,7 @@ def write_html(path: Path, c: dict[str, Any]) -> Path:
         ("<h2>Where users are: the eval sets</h2><div id='eval-sets'>" + md_table_to_html(c["eval_sets_md"]) + "</div>")
         if c["eval_sets_md"]
         else "",
+        f"<p class='verdict bad' id='trained-on'>{e(c['trained_on_note'])}</p>" if c["trained_on_note"] else "",
         f"<h2>Test split: {c['test_queries']} queries over the full corpus of {c['corpus']} passages</h2>",
         "<div id='metrics'>" + md_table_to_html(c["table_md"]) + "</div>",
         "<h3>Paired comparisons (95% bootstrap CI of the difference, permutation p)</h3>",

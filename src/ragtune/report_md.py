@@ -24,6 +24,7 @@ def write_markdown(path: Path, c: dict[str, Any]) -> Path:
             "",
             c["eval_sets_md"],
             "",
+            *([f"> **Seen in training:** {c['trained_on_note']}", ""] if c["trained_on_note"] else []),
         ]
     out += [
         f"## Test split: {c['test_queries']} queries searched over the full corpus of {c['corpus']} passages",

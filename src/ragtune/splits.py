@@ -206,3 +206,24 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> None:
         )
     except Exception as err:  # the hub client raises many types; never echo the token
         raise RagtuneError(f"pushing to {repo_id} failed: {str(err).replace(token, '***')}") from err
+
+
+def trained_on(trained: PairData, evaluated: PairData) -> dict[str, Any]:
+    """Eval-set questions the tuned model has met in training: asked in the same words by a training question of
+    any source, or answered by a passage that was the positive of a question a person labelled (`labelled` pairs,
+    `judged` user questions). Synthetic pairs (ict, crop, title) train on the users' passages too, but never with a
+    user's question, so their passages are not counted."""
+    train = (trained.splits or {}).get("train", [])
+    asked = {normalise(trained.queries[q]) for q in train}
+    by_people = (q for q in train if trained.methods.get(q, "labelled") in ("labelled", "judged"))
+    answered = {normalise(trained.corpus[p]) for q in by_people for p in trained.qrels[q]}
+    same_question = {q for q in evaluated.qrels if normalise(evaluated.queries[q]) in asked}
+    same_answer = {
+        q for q in evaluated.qrels if any(normalise(evaluated.corpus[p]) in answered for p in evaluated.qrels[q])
+    }
+    return {
+        "queries": len(evaluated.qrels),
+        "same_question": len(same_question),
+        "same_answer": len(same_answer),
+        "either": len(same_question | same_answer),
+    }

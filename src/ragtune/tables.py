@@ -78,6 +78,20 @@ def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def trained_on_note(sets: dict[str, dict[str, Any]]) -> str:
+    """One sentence per eval set whose questions the model met in training (`splits.trained_on`), or ""."""
+    notes = []
+    for name, r in sets.items():
+        seen = r.get("trained_on") or {}
+        if seen.get("either"):
+            notes.append(
+                f"{name}: {seen['either']} of {seen['queries']} questions were met in training "
+                f"({seen['same_question']} asked in the same words, {seen['same_answer']} answered by the answer of "
+                "a labelled training question), so its gain is not all on new questions."
+            )
+    return " ".join(notes)
+
+
 def _diff(comparisons: list[dict], baseline: str, system: str) -> str:
     c = next(
         (c for c in comparisons if (c["baseline"], c["system"], c["metric"]) == (baseline, system, HEADLINE)), None
