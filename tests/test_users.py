@@ -228,7 +228,7 @@ def test_eval_questions_met_in_training_are_counted_and_reported():
     # a: the words of a training question; b: the answer of a labelled one. c's answer only trained an ict pair,
     # d's a judged question of validation: neither counts.
     seen = trained_on(trained, evaluated)
-    assert seen == {"queries": 4, "same_question": 1, "same_answer": 1, "either": 2}
+    assert seen == {"queries": 4, "same_question": 1, "same_answer": 1, "either": 2, "seen_ids": ["a", "b"]}
     note = trained_on_note({"users": {"trained_on": seen}, "other": {"trained_on": {**seen, "either": 0}}})
     assert note.startswith("users: 2 of 4 questions were met in training (1 asked in the same words, 1 answered")
     assert "other" not in note and trained_on_note({"old": {}}) == ""
@@ -265,6 +265,16 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     results = json.loads((out / "results.json").read_text())
     evalset = results["eval_sets"]["medicationqa-test"]
     truth = load_pairs(medication)
+    # The questions met in training are left out of a second comparison, shown as its own row.
+    seen = evalset["trained_on"]
+    if seen["either"]:
+        assert (
+            evalset["unseen"]["queries"]
+            == evalset["queries"] - seen["either"]
+            == evalset["queries"] - len(seen["seen_ids"])
+        )
+    assert (evalset.get("unseen") is not None) == (seen["either"] > 0)
+    assert summary.eval_table.count("not met in training") == (seen["either"] > 0)
     assert evalset["queries"] == len(truth.splits["test"]) and evalset["corpus"] == len(truth.corpus)
     assert set(evalset["metrics"]) == {"base", "tuned", "bm25", "base+bm25", "tuned+bm25"}
     # Two test questions are also dev questions in the same words; pseudo-labelling may have trained on them.
@@ -287,7 +297,7 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     report = (out / "report.md").read_text()
     assert "Where users are" in report and "| medicationqa-test | 346 |" in report and "Warning" in report
     assert ("Seen in training:" in report) == (evalset["trained_on"]["either"] > 0)
-    assert summary.eval_table.count("\n") == 2
+    assert summary.eval_table.count("\n") == 2 + (seen["either"] > 0)
 
     # The benchmark that collects recipes into the README's table reads the same run.
     import subprocess
@@ -307,3 +317,24 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     assert again.eval_sets == {} and again.eval_table == ""
     assert json.loads((out / "results.json").read_text())["eval_sets"] == {}
     assert (out / "eval" / "sets" / "medicationqa-test" / "result.json").exists()
+
+    # Labelled dev questions (judged) train: the test questions asked in the same words as a dev question, or whose
+    # answer is a dev question's, were met in training, and are compared again without them.
+    dev, test = truth.splits["dev"], truth.splits["test"]
+    dev_texts = {" ".join(truth.queries[q].lower().split()) for q in dev}
+    dev_answers = {p for q in dev for p in truth.qrels[q]}
+    same_words = {q for q in test if " ".join(truth.queries[q].lower().split()) in dev_texts}
+    same_answer = {q for q in test if set(truth.qrels[q]) & dev_answers}
+    assert same_words and same_answer  # MedicationQA has both (2 and 10 questions)
+    judged = run(
+        cfg.model_copy(update={"adapt": AdaptConfig(methods=["judged"]), "output_dir": str(tmp_path / "judged")}),
+        allow_regression=True,
+    )
+    seen = judged.eval_sets["medicationqa-test"]["trained_on"]
+    assert (seen["same_question"], seen["same_answer"]) == (len(same_words), len(same_answer))
+    assert seen["seen_ids"] == sorted(same_words | same_answer)
+    assert judged.eval_sets["medicationqa-test"]["unseen"]["queries"] == len(test) - len(same_words | same_answer)
+    assert "| medicationqa-test, not met in training | 334 |" in judged.eval_table
+    assert (
+        "medicationqa-test: 12 of 346 questions were met in training" in (tmp_path / "judged" / "report.md").read_text()
+    )

@@ -7,6 +7,7 @@ and by a hash of each text; mining, evaluation and search all read the same entr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -44,6 +45,50 @@ def resolve_model(name: str | Path) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise RagtuneError(f"model folder not found: {name}")
     return name
+
+
+QUERY, PASSAGE = "query", "passage"
+TextKind = Literal["query", "passage"]
+
+
+def model_settings(name: str | Path) -> dict:
+    """The model's `config_sentence_transformers.json` (prompts, default prompt), read without loading the model; a
+    Hub id is read from the local Hub cache only. Empty when there is none."""
+    resolved = resolve_model(name)
+    path: Path | None = Path(resolved) / "config_sentence_transformers.json"
+    if not Path(resolved).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(resolved, "config_sentence_transformers.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RagtuneError(f"{path}: not valid JSON ({err})") from err
+    prompts = settings.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise RagtuneError(f"{path}: field 'prompts' must map names to strings")
+    return settings
+
+
+def model_prompts(name: str | Path) -> dict[str, str]:
+    """The prompts a model was trained with: `query`, and `passage` (or `document`, `corpus`), e.g. E5's "query: ",
+    BGE's retrieval instruction. Empty for models without prompts (all-MiniLM-L6-v2)."""
+    prompts = model_settings(name).get("prompts") or {}
+    passage = next((prompts[k] for k in ("passage", "document", "corpus") if prompts.get(k)), "")
+    return {kind: text for kind, text in ((QUERY, prompts.get(QUERY, "")), (PASSAGE, passage)) if text}
+
+
+def with_prompt(texts: list[str], prompts: dict[str, str], kind: TextKind) -> list[str]:
+    """Texts as the model reads them: its prompt for this kind of text, if it has one, before each.
+
+    ragtune adds prompts to the text itself rather than through sentence-transformers' `prompt=`, so the embedding
+    cache, Ray workers, ONNX and the trainer all see one text. The two agree for models that pool over the prompt's
+    tokens too (E5, BGE, GTE, nomic); models whose pooling skips them (INSTRUCTOR) are not supported."""
+    prefix = prompts.get(kind, "")
+    return [prefix + t for t in texts] if prefix else list(texts)
 
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
@@ -92,6 +137,9 @@ def load_model(
         raise RagtuneError(f"{resolved}: the model's weights could not be loaded ({first})") from err
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    # ragtune puts the prompts into the texts itself (`with_prompt`); a default prompt would come on top of them.
+    # Training saves the base model's default back (`train._save_models`).
+    model.default_prompt_name = None
     return model
 
 
@@ -167,6 +215,7 @@ class Encoder:
         self._index: dict[bytes, tuple[int, int]] | None = None
         self._shards: list[np.ndarray] = []
         self.encoded_count = 0  # texts actually run through the model (not served from the cache)
+        self.prompts = model_prompts(model_name)
 
     def identity(self) -> dict:
         """What an index, a store collection or shards record as what built them (see `index.encoder_for`)."""
@@ -175,6 +224,7 @@ class Encoder:
             "model_fingerprint": self.fingerprint,
             "max_seq_length": self.max_seq_length,
             "backend": self.backend,
+            "prompts": self.prompts,
         }
 
     @property
@@ -229,7 +279,9 @@ class Encoder:
                 shown.advance(len(rows))
         return vectors
 
-    def encode(self, texts: list[str], desc: str = "encoding") -> np.ndarray:
+    def encode(self, texts: list[str], desc: str = "encoding", kind: TextKind = PASSAGE) -> np.ndarray:
+        """`kind`: queries and passages get the model's own prompt for each (`model_prompts`), if it has them."""
+        texts = with_prompt(texts, self.prompts, kind)
         index = self._load_index()
         keys = [_text_key(t) for t in texts]
         missing: dict[bytes, str] = {}

@@ -15,7 +15,7 @@ import numpy as np
 
 from ragtune.bm25 import Bm25
 from ragtune.data import PairData
-from ragtune.embeddings import Encoder
+from ragtune.embeddings import QUERY, Encoder
 from ragtune.faiss_search import flat_index, search_chunked
 from ragtune.hybrid import FusionChoice, Run, choose_fusion, fuse
 from ragtune.metrics import METRICS, aggregate, per_query
@@ -68,7 +68,7 @@ def dense_run(encoder: Encoder, data: PairData, k: int = DEPTH) -> dict[str, dic
     corpus_ids = list(data.corpus)
     qids = list(data.qrels)
     corpus_vectors = encoder.encode([data.corpus[p] for p in corpus_ids], desc="encoding corpus")
-    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
+    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries", kind=QUERY)
     scores, ids = search_chunked(flat_index(corpus_vectors), query_vectors, k)
     return {
         q: {corpus_ids[int(i)]: float(s) for s, i in zip(scores[n], ids[n], strict=True) if i >= 0}
@@ -128,7 +128,7 @@ def pair_scores(
     encoder: Encoder, queries: list[str], positives: list[str], negatives: list[list[str]]
 ) -> dict[str, list[float]]:
     """Cosine of each query to its positive and to each of its negatives (from cached embeddings)."""
-    q = encoder.encode(queries, desc="encoding queries")
+    q = encoder.encode(queries, desc="encoding queries", kind=QUERY)
     p = encoder.encode(positives, desc="encoding passages")
     out = {"positive": np.einsum("ij,ij->i", q, p).tolist(), "negative": [], "negative_row": []}
     width = max((len(n) for n in negatives), default=0)

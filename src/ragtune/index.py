@@ -11,7 +11,7 @@ import numpy as np
 
 from ragtune.bm25 import Bm25
 from ragtune.data import Document, load_documents
-from ragtune.embeddings import Encoder
+from ragtune.embeddings import QUERY, Encoder, with_prompt
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index, read_index, search_chunked
 from ragtune.hybrid import Fusion, fuse_one
@@ -255,7 +255,10 @@ def search_index(
 def encode_queries(encoder: Encoder, queries: list[str]) -> np.ndarray:
     """Query vectors, normalised, never through the embedding cache (queries are one-off)."""
     return encoder.model.encode(
-        queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        with_prompt(queries, encoder.prompts, QUERY),
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     ).astype(np.float32)
 
 

@@ -244,12 +244,12 @@ def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSet
 
 def _round_trip(pairs: list[Pair], documents: list[Document], settings: LLMSettings, stats: LLMStats) -> list[Pair]:
     """Keep a question only if the base model finds its own passage in the top k of the whole corpus."""
-    from ragtune.embeddings import Encoder
+    from ragtune.embeddings import QUERY, Encoder
     from ragtune.faiss_search import flat_index, search_chunked
 
     encoder = Encoder(settings.round_trip_model, None)
     corpus = encoder.encode([d.text for d in documents], desc="round trip: encoding passages")
-    questions = encoder.encode([p.query for p in pairs], desc="round trip: encoding questions")
+    questions = encoder.encode([p.query for p in pairs], desc="round trip: encoding questions", kind=QUERY)
     _, found = search_chunked(flat_index(corpus), questions, settings.round_trip_k)
     position = {d.id: i for i, d in enumerate(documents)}
     kept = [p for p, row in zip(pairs, found, strict=True) if position[p.doc_id] in set(row.tolist())]

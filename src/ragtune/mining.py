@@ -34,7 +34,7 @@ import numpy as np
 from ragtune import screen
 from ragtune.config import MiningConfig
 from ragtune.data import PairData, Row, load_prepared, normalise
-from ragtune.embeddings import Encoder
+from ragtune.embeddings import QUERY, Encoder
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index, ivf_index, recall_against_exact, search_chunked
 from ragtune.outputs import write_json, write_jsonl
@@ -388,7 +388,7 @@ def mine(
         raise ValueError(f"strategy {config.strategy!r} needs an encoder")
     corpus_vectors = encoder.encode([data.corpus[p] for p in corpus_ids], desc="encoding corpus")
     qids = list(dict.fromkeys(r.query_id for r in rows))
-    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries")
+    query_vectors = encoder.encode([data.queries[q] for q in qids], desc="encoding queries", kind=QUERY)
     if config.strategy == "least-similar":
         least_similar_negatives(rows, guards, corpus_vectors, config, stats)
     else:

@@ -49,6 +49,8 @@ from ragtune.stages import file_key, run_stage, stage_key, train_in_run
 
 log = logging.getLogger(__name__)
 EVAL_VERSION = 3  # bump when the evaluation output changes, so finished runs re-evaluate
+EVAL_SET_VERSION = 2  # the same for eval sets (2: questions met in training, and the comparison without them)
+UNSEEN = "not met in training"  # an eval set's questions the tuned model never trained on (`splits.trained_on`)
 
 
 # ---- stages, each usable on its own ---------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
         lambda: _save_eval({"tuned": str(out / "model")}, out, eval_dir / "tuned", config.evaluate, bm25=False),
     )
     for eval_set in config.eval_sets:
-        k_set = stage_key(k_tuned, base_key, eval_set.model_dump(), file_key(Path(eval_set.path)))
+        k_set = stage_key(k_tuned, base_key, eval_set.model_dump(), file_key(Path(eval_set.path)), EVAL_SET_VERSION)
         run_stage(
             f"evaluate on {eval_set.name} (base, tuned, BM25)",
             eval_dir / "sets" / eval_set.name,
@@ -536,26 +538,27 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
     data = data_mod.load_pairs(path, "auto", eval_set.query_column, eval_set.passage_column)
     queries = data.subset(data.splits[eval_set.split]) if eval_set.split and data.splits else data
     fusion = (eval_set.fusion_split or _validation_fusion(out)) if config.hybrid else None
-    result = compare_stage(
-        {"base": base, "tuned": str(out / "model")},
-        path,
-        eval_set.split,
-        config,
-        out / "cache",
-        True,
-        eval_set.query_column,
-        eval_set.passage_column,
-        extra_pairs=[("bm25", "tuned")],
-        data=data,
-        fusion=fusion or None,
-    )
-    result = result.to_dict()
+
+    def compared(split: str | None, data: data_mod.PairData) -> dict[str, Any]:
+        models = {"base": base, "tuned": str(out / "model")}
+        columns = (eval_set.query_column, eval_set.passage_column)
+        pairs = [("bm25", "tuned")]
+        result = compare_stage(models, path, split, config, out / "cache", True, *columns, pairs, data, fusion or None)
+        return result.to_dict()
+
+    result = compared(eval_set.split, data)
+    seen = trained_on(data_mod.load_ragtune_data(out / "data"), queries)
+    if seen["either"]:
+        # The same comparison without the questions the model met in training: what a new question gets.
+        new = [q for q in queries.qrels if q not in set(seen["seen_ids"])]
+        apart = replace(data, splits={**(data.splits or {}), UNSEEN: new})
+        result["unseen"] = {k: v for k, v in compared(UNSEEN, apart).items() if k != "fusion"}
     result.update(
         name=eval_set.name,
         path=eval_set.path,
         split=eval_set.split,
         templates=template_stats(list(queries.queries.values())).to_dict(),
-        trained_on=trained_on(data_mod.load_ragtune_data(out / "data"), queries),
+        trained_on=seen,
     )
     folder = out / "eval" / "sets" / eval_set.name
     folder.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ EVAL_SET_FIELDS = (
     "templates",
     "fusion",
     "trained_on",
+    "unseen",
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ragtune.bm25 import Bm25
 from ragtune.data import Document, corpus_cache_dir, load_corpus
-from ragtune.embeddings import Encoder
+from ragtune.embeddings import QUERY, Encoder
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index
 from ragtune.hybrid import Fusion
@@ -30,7 +30,7 @@ def search(
     dense = flat_index(vectors) if vectors is not None else None
     bm25 = Bm25.build([d.text for d in documents]) if mode != "dense" else None
     index = Index(Path(encoder.model_name), meta, dense, documents, bm25)
-    query_vectors = None if mode == "bm25" else encoder.encode(queries, desc="encoding queries")
+    query_vectors = None if mode == "bm25" else encoder.encode(queries, desc="encoding queries", kind=QUERY)
     return index.query(queries, query_vectors, k, mode=mode, fusion=fusion)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragtune.data import normalise
-from ragtune.embeddings import Encoder
+from ragtune.embeddings import PASSAGE, QUERY, Encoder, TextKind, with_prompt
 from ragtune.errors import RagtuneError
 from ragtune.faiss_search import flat_index
 from ragtune.index import Index
@@ -242,11 +242,12 @@ def create_app(
         body = {"error": {"message": str(err.detail), "type": kind, "code": err.status_code}, "detail": err.detail}
         return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
-    def check_inputs(texts: list[str], batcher: Batcher) -> list[int]:
+    def check_inputs(texts: list[str], batcher: Batcher, kind: TextKind) -> tuple[list[str], list[int]]:
         """Each request's texts are checked here, before they join a batch shared with other requests.
 
-        Returns each text's token count: a request's work is bounded in tokens, not only in characters and inputs
-        (256 inputs of 8,192 characters once held the server for 25 s)."""
+        Returns the texts as the model reads them (its prompt for `kind` before each, if it has one) and each one's
+        token count: a request's work is bounded in tokens, not only in characters and inputs (256 inputs of 8,192
+        characters once held the server for 25 s)."""
         if not texts:
             raise HTTPException(422, "input is empty")
         if len(texts) > max_inputs:
@@ -261,11 +262,12 @@ def create_app(
             except UnicodeEncodeError as err:
                 message = f"input {i} is not valid text ({err.reason} at character {err.start})"
                 raise HTTPException(422, message) from None
+        texts = with_prompt(texts, batcher.encoder.prompts, kind)
         tokens = batcher.tokens(texts)
         if sum(tokens) > max_request_tokens:
             message = f"{sum(tokens)} tokens in one request; the limit is {max_request_tokens}: split the request"
             raise HTTPException(413, message)
-        return tokens
+        return texts, tokens
 
     def system(name: str | None) -> tuple[Batcher, Any]:
         served = current()
@@ -280,6 +282,9 @@ def create_app(
         encoding_format: str = "float"
         user: str | None = None
         dimensions: int | None = None
+        # Not in OpenAI's API (Cohere's and Voyage's name it so): a model trained with a query prompt (E5, BGE)
+        # needs to know which texts are queries. Without it, texts are embedded as passages.
+        input_type: TextKind = PASSAGE
 
     class SearchRequest(BaseModel):
         query: str
@@ -310,8 +315,8 @@ def create_app(
         dim = int(idx.meta["dim"])
         if body.dimensions is not None and not 1 <= body.dimensions <= dim:
             raise HTTPException(422, f"dimensions must be between 1 and {dim}")
-        counts = check_inputs(texts, batcher)
-        vectors = await batcher.encode(texts, counts)
+        prompted, counts = check_inputs(texts, batcher, body.input_type)
+        vectors = await batcher.encode(prompted, counts)
         if body.dimensions is not None and body.dimensions < dim:
             # As OpenAI's API does: the shortened vector is normalised again, so dot products stay cosines.
             vectors = vectors[:, : body.dimensions]
@@ -337,7 +342,7 @@ def create_app(
             raise HTTPException(422, f"this index has no BM25 side (built by an older ragtune): mode {body.mode}")
         vectors = None
         if body.mode != "bm25":
-            vectors = await batcher.encode([body.query], check_inputs([body.query], batcher))
+            vectors = await batcher.encode(*check_inputs([body.query], batcher, QUERY))
         # BM25 scoring and fusion are CPU work: off the event loop, so other requests keep being answered.
         hits = (await asyncio.to_thread(idx.query, [body.query], vectors, body.k, body.filters, body.mode))[0]
         marked = relevant.get(normalise(body.query), set())

@@ -19,6 +19,7 @@ import numpy as np
 
 from ragtune.comparison import ComparisonResult, comparison
 from ragtune.data import read_jsonl, read_qrels
+from ragtune.embeddings import QUERY
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import DEPTH, EvalResult, score_run
 from ragtune.faiss_search import read_index, search_chunked
@@ -97,7 +98,7 @@ def evaluate_from_shards(
         encoder = encoder_for(meta, show_progress=True)
         encoder.batch_size = batch_size
         check_query_model(folder, meta, encoder)
-        vectors = encoder.encode([texts[q] for q in qids], desc="encoding queries")
+        vectors = encoder.encode([texts[q] for q in qids], desc="encoding queries", kind=QUERY)
         index = read_index(folder / "index.faiss")
         if nprobe is not None and hasattr(index, "nprobe"):
             index.nprobe = nprobe

@@ -348,6 +348,7 @@ def validation_pool(
     """A seeded sample of `queries` queries of the (query, positive id) file `pairs`, and for each its positives and
     the top `depth` passages of `index` (searched with the model it was built with). None when there are none."""
     from ragtune.data import text_id
+    from ragtune.embeddings import QUERY
     from ragtune.faiss_search import read_index, search_chunked
     from ragtune.index import INDEX_META, doc_ids, encoder_for
 
@@ -364,7 +365,7 @@ def validation_pool(
     qids = sorted(qrels)
     qids = [qids[i] for i in sorted(rng.choice(len(qids), min(queries, len(qids)), replace=False))]
     encoder = encoder_for(json.loads((index / INDEX_META).read_text()))
-    vectors = encoder.encode([texts[q] for q in qids], desc="encoding validation queries")
+    vectors = encoder.encode([texts[q] for q in qids], desc="encoding validation queries", kind=QUERY)
     _, found = search_chunked(read_index(index / "index.faiss"), vectors, depth)
     names = doc_ids(index, positions={int(p) for p in np.unique(found) if p >= 0})
     passages = {p for q in qids for p in qrels[q]} | set(names.values())

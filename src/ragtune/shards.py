@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ragtune.config import MiningConfig, format_validation_error
-from ragtune.embeddings import ENGINE, Encoder
+from ragtune.embeddings import ENGINE, PASSAGE, QUERY, Encoder, with_prompt
 from ragtune.errors import RagtuneError
 from ragtune.index import INDEX_META, SHA1_FILE, encoder_for
 from ragtune.outputs import claim_folder, replace_folder, write_json
@@ -151,9 +151,10 @@ class _EncodeRows:
     vectors) has its rows without a vector sorted by length and encoded `batch_size` at a time."""
 
     def __init__(self, model: str, max_seq_length: int | None, backend: str, batch_size: int, columns: tuple):
-        from ragtune.embeddings import load_model
+        from ragtune.embeddings import load_model, model_prompts
 
         self.model = load_model(model, max_seq_length, backend=backend)
+        self.prompts = model_prompts(model)
         self.batch_size, self.columns = batch_size, columns
 
     def __call__(self, rows):
@@ -171,7 +172,8 @@ class _EncodeRows:
                 vectors[reused] = _vectors(rows.filter(pa.array(reused)))
         todo = np.flatnonzero(~reused)
         if len(todo):
-            vectors[todo] = _encode_sorted(self.model, [texts[i] for i in todo], self.batch_size)
+            passages = with_prompt([texts[i] for i in todo], self.prompts, PASSAGE)
+            vectors[todo] = _encode_sorted(self.model, passages, self.batch_size)
         # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
         return pa.table(
             {
@@ -523,11 +525,12 @@ class _MineRows:
         import faiss
         import ray
 
-        from ragtune.embeddings import load_model
+        from ragtune.embeddings import load_model, model_prompts
         from ragtune.shard_mining import HardMiner
 
         location, max_seq_length, backend = model
         self.model = load_model(location, max_seq_length, backend=backend)
+        self.prompts = model_prompts(location)
         index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
         # The id arrays, hashes, sibling positives and held-out mask are in the object store once per node, and
         # numpy arrays are read from it zero-copy; `where` is None unless an IVF-PQ index scores positives.
@@ -545,7 +548,7 @@ class _MineRows:
         ]
         if unknown:
             raise RagtuneError(f"{unknown[0][1]}: positive id {unknown[0][0]!r} is not in the index")
-        vectors = _encode_sorted(self.model, queries, self.settings["batch_size"])
+        vectors = _encode_sorted(self.model, with_prompt(queries, self.prompts, QUERY), self.settings["batch_size"])
         return self.miner.negatives(queries, positives, vectors, [str(p) for p in rows["path"]])
 
 

@@ -226,4 +226,5 @@ def trained_on(trained: PairData, evaluated: PairData) -> dict[str, Any]:
         "same_question": len(same_question),
         "same_answer": len(same_answer),
         "either": len(same_question | same_answer),
+        "seen_ids": sorted(same_question | same_answer),
     }

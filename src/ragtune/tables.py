@@ -59,7 +59,8 @@ def comparison_table(comparisons: list[Comparison]) -> str:
 
 def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
     """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25 (the BM25
-    columns only where the sets have BM25: a run from shards has none)."""
+    columns only where the sets have BM25: a run from shards has none); below a set whose questions the model partly
+    met in training, the same without them."""
     systems = [s for s in ("bm25", "base", "tuned") if all(s in r["metrics"] for r in sets.values())]
     baselines = [b for b in ("base", "bm25") if b in systems]
     lines = [
@@ -68,7 +69,12 @@ def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
         + " |",
         "|---|---:|---:|" + "---:|" * (len(systems) + len(baselines)),
     ]
+    rows = []
     for name, r in sets.items():
+        rows.append((name, r))
+        if r.get("unseen"):
+            rows.append((f"{name}, not met in training", r["unseen"]))
+    for name, r in rows:
         cells = []
         for system in systems:
             low, high = r["ci95"][system][HEADLINE]

@@ -21,7 +21,7 @@ from typing import Any
 from ragtune import progress
 from ragtune.config import TrainConfig
 from ragtune.data import DATA_MARKER, load_ragtune_data
-from ragtune.embeddings import load_model, no_library_bars
+from ragtune.embeddings import PASSAGE, QUERY, load_model, model_prompts, model_settings, no_library_bars
 from ragtune.errors import RagtuneError
 from ragtune.outputs import claim_folder, replace_folder, write_json
 
@@ -46,8 +46,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, has_validation: bool):
-    """The single place a ragtune setting becomes a trainer argument."""
+def training_arguments(
+    config: TrainConfig, output_dir: Path, train_rows: int, has_validation: bool, prompts: dict[str, str] | None = None
+):
+    """The single place a ragtune setting becomes a trainer argument. `prompts`: training column -> the model's
+    prompt for it (`column_prompts`)."""
     steps_per_epoch = max(1, math.ceil(train_rows / (config.batch_size * world_size())))
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     strategy = "steps" if has_validation else "no"
@@ -57,13 +60,19 @@ def training_arguments(config: TrainConfig, output_dir: Path, train_rows: int, h
             "(autocast; fast on CPUs with AMX)"
         )
     try:
-        return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation)
+        return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation, prompts)
     except ValueError as err:  # e.g. bf16 on a GPU without bfloat16 support
         raise RagtuneError(f"train settings (precision={config.precision}): {err}") from err
 
 
 def _arguments(
-    config: TrainConfig, output_dir: Path, steps_per_epoch: int, eval_steps: int, strategy: str, has_validation: bool
+    config: TrainConfig,
+    output_dir: Path,
+    steps_per_epoch: int,
+    eval_steps: int,
+    strategy: str,
+    has_validation: bool,
+    prompts: dict[str, str] | None,
 ):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
@@ -100,6 +109,7 @@ def _arguments(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
         disable_tqdm=True,  # progress goes to ragtune.progress (the CLI's display), the losses to logging
+        prompts=prompts or None,
     )
 
 
@@ -230,7 +240,9 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def validation_evaluator(data_dir: Path, batch_size: int, dims: list[int] | None = None):
+def validation_evaluator(
+    data_dir: Path, batch_size: int, dims: list[int] | None = None, prompts: dict[str, str] | None = None
+):
     """Retrieval on the validation queries over every passage of the dataset, scored with the graded metrics the
     report shows (`ragtune.metrics`); with Matryoshka sizes, also at each smaller size (`validation_dim<N>`)."""
     from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
@@ -245,12 +257,19 @@ def validation_evaluator(data_dir: Path, batch_size: int, dims: list[int] | None
     pool = json.loads((data_dir / DATA_MARKER).read_text()).get("validation_passages")
     if pool is not None:  # a folder from shards: the base model's candidates, not every training passage
         val.corpus = {p: data.corpus[p] for p in pool}
-    full = GradedRetrievalEvaluator(val, "validation", batch_size)
+    full = GradedRetrievalEvaluator(val, "validation", batch_size, prompts=prompts)
     if not dims or len(dims) < 2:
         return full
     return SequentialEvaluator(
-        [full] + [GradedRetrievalEvaluator(val, f"validation_dim{d}", batch_size, d) for d in dims[1:]]
+        [full] + [GradedRetrievalEvaluator(val, f"validation_dim{d}", batch_size, d, prompts) for d in dims[1:]]
     )
+
+
+def column_prompts(columns: list[str], prompts: dict[str, str]) -> dict[str, str]:
+    """The model's prompts by training column (query, positive, negatives), as the trainer puts them before each
+    text: training reads the texts the way `Encoder` encodes them (`embeddings.with_prompt`)."""
+    kinds = {c: QUERY if c == "query" else PASSAGE for c in columns}
+    return {c: prompts[kind] for c, kind in kinds.items() if prompts.get(kind)}
 
 
 def _training_columns(ds, use_negatives: bool):
@@ -370,6 +389,8 @@ def _report_progress(trainer) -> None:
 
 def _save_models(trainer, config: TrainConfig, base_model: str, output_dir: Path, history: list) -> None:
     """Each folder is built beside the old one and swapped in: a crash never leaves half a model."""
+    # Loading cleared it (ragtune puts prompts into the texts); users loading the model elsewhere get it back.
+    trainer.model.default_prompt_name = model_settings(base_model).get("default_prompt_name")
     with no_library_bars():
         if config.adapter == "lora":
             with replace_folder(output_dir / "adapter", "adapter") as new:
@@ -419,13 +440,16 @@ def train(
     model = load_training_model(base_model, config)
     if config.adapter == "lora":
         add_lora(model, config)
-    evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims)
+    prompts = model_prompts(base_model)
+    evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims, prompts)
     checkpoint_dir = output_dir / "checkpoints"
     if int(os.environ.get("RANK", "0")) == 0:
         # One claimer: under torchrun every rank gets here at once, and another rank would see the folder rank 0
         # is marking (not yet marked) as a user's. Only rank 0 writes checkpoints anyway.
         claim_folder(checkpoint_dir, "checkpoints")
-    args = training_arguments(config, checkpoint_dir, len(train_ds), evaluator is not None)
+    args = training_arguments(
+        config, checkpoint_dir, len(train_ds), evaluator is not None, column_prompts(train_ds.column_names, prompts)
+    )
     # Hub widget samples: their loop draws its own bar, and sentence-transformers 6.2's trainer samples them even
     # with generate_widget_examples=False, so the sampler itself is switched off for this model.
     model.model_card_data.generate_widget_examples = False

@@ -11,6 +11,7 @@ import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
 from ragtune.data import PairData
+from ragtune.embeddings import PASSAGE, QUERY, with_prompt
 from ragtune.faiss_search import flat_index, search_chunked
 from ragtune.metrics import aggregate, per_query
 
@@ -18,9 +19,17 @@ from ragtune.metrics import aggregate, per_query
 class GradedRetrievalEvaluator(SentenceEvaluator):
     """Every query of `data` searched over all of `data.corpus`; metrics named `<name>_cosine_<metric>`."""
 
-    def __init__(self, data: PairData, name: str, batch_size: int = 32, truncate_dim: int | None = None):
+    def __init__(
+        self,
+        data: PairData,
+        name: str,
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        prompts: dict[str, str] | None = None,
+    ):
         super().__init__()
         self.data, self.name, self.batch_size, self.truncate_dim = data, name, batch_size, truncate_dim
+        self.prompts = prompts or {}  # the model's, as `Encoder` puts them before queries and passages
         self.primary_metric = "cosine_ndcg@10"
         self.greater_is_better = True
 
@@ -32,8 +41,8 @@ class GradedRetrievalEvaluator(SentenceEvaluator):
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args, **kwargs):
         corpus_ids, qids = list(self.data.corpus), list(self.data.qrels)
-        passages = self._encode(model, [self.data.corpus[p] for p in corpus_ids])
-        queries = self._encode(model, [self.data.queries[q] for q in qids])
+        passages = self._encode(model, with_prompt([self.data.corpus[p] for p in corpus_ids], self.prompts, PASSAGE))
+        queries = self._encode(model, with_prompt([self.data.queries[q] for q in qids], self.prompts, QUERY))
         scores, found = search_chunked(flat_index(passages), queries, 100)
         run = {
             q: {corpus_ids[int(j)]: float(s) for s, j in zip(scores[n], found[n], strict=True) if j >= 0}
