@@ -44,7 +44,7 @@ class FakeEncoder:
     def __init__(self, table: dict[str, np.ndarray]):
         self.table = table
 
-    def encode(self, texts, desc=""):
+    def encode(self, texts, desc="", kind="passage"):
         return np.stack([self.table[t] for t in texts]).astype(np.float32)
 
 
