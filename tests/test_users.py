@@ -338,3 +338,10 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     assert (
         "medicationqa-test: 12 of 346 questions were met in training" in (tmp_path / "judged" / "report.md").read_text()
     )
+    # The recipes' table gets a column for it, left empty for runs without one.
+    both = tmp_path / "both.md"
+    runs = ["--run", f"pseudo={out}", "--run", f"judged={tmp_path / 'judged'}", "--markdown", both]
+    subprocess.run([sys.executable, script, *runs], check=True, cwd=tmp_path)
+    head, _, pseudo_row, judged_row = both.read_text().splitlines()
+    assert "medicationqa-test, not met in training: tuned − base" in head
+    assert pseudo_row.endswith("| – |") and not judged_row.endswith("| – |")
