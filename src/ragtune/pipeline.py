@@ -550,7 +550,8 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
     seen = trained_on(data_mod.load_ragtune_data(out / "data"), queries)
     if seen["either"]:
         # The same comparison without the questions the model met in training: what a new question gets.
-        new = [q for q in queries.qrels if q not in set(seen["seen_ids"])]
+        met = set(seen["seen_ids"])
+        new = [q for q in queries.qrels if q not in met]
         apart = replace(data, splits={**(data.splits or {}), UNSEEN: new})
         result["unseen"] = {k: v for k, v in compared(UNSEEN, apart).items() if k != "fusion"}
     result.update(

@@ -258,7 +258,7 @@ def summarise_run(
         "corpus": test_base["corpus"],
         "test_templates": templates.to_dict(),
         "template_warning": template_warning(templates, others),
-        # trained_on: absent from eval sets evaluated before ragtune counted it
+        # trained_on and unseen: absent from eval sets of runs from shards
         "eval_sets": {name: {k: r.get(k) for k in EVAL_SET_FIELDS} for name, r in sets.items()},
         "training_pairs_by_source": _training_sources(data),
     }
