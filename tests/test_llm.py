@@ -12,7 +12,15 @@ from typer.testing import CliRunner
 from ragtune.cli import app
 from ragtune.data import Document, load_documents
 from ragtune.errors import RagtuneError
-from ragtune.llm import LLMSettings, LLMStats, filter_questions, generate, parse_questions
+from ragtune.llm import (
+    LLMSettings,
+    LLMStats,
+    build_prompt,
+    filter_questions,
+    generate,
+    load_prompt,
+    parse_questions,
+)
 
 PASSAGES = {
     "stones": "Kidney stones form when urine holds more calcium oxalate than it can dissolve. Drinking plenty of "
@@ -198,3 +206,80 @@ def test_cli_runs_the_llm_method_and_a_wrong_key_is_a_clear_error(fake_llm, tmp_
 def test_parse_questions(content, expected, valid):
     questions, was_json = parse_questions(content)
     assert questions == (expected or ["What is A about?", "Why does B happen?"]) and was_json == valid
+
+
+def _users(folder):
+    """A BEIR folder of user questions: dev ones to show, test ones that must never reach a prompt."""
+    dev = ["kidney stone pain what to do", "what makes kidney stones form", "gout toe swollen again", "asthma at night"]
+    dev += ["migrane meds dont work", "pale and tired all the time"]
+    test = ["secret test question one", "secret test question two"]
+    folder.mkdir()
+    rows = [{"_id": f"d{i}", "text": t} for i, t in enumerate(dev)] + [
+        {"_id": f"t{i}", "text": t} for i, t in enumerate(test)
+    ]
+    write_jsonl(folder / "queries.jsonl", rows)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": "x", "text": "unused"}])
+    (folder / "qrels").mkdir()
+    for split, ids in (("dev", range(len(dev))), ("test", range(len(test)))):
+        lines = ["query-id\tcorpus-id\tscore", *(f"{split[0]}{i}\tx\t1" for i in ids)]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return dev, test
+
+
+def test_prompts_show_a_few_of_the_users_questions_and_an_echoed_one_is_dropped(fake_llm, tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": k, "text": v} for k, v in PASSAGES.items()])
+    dev, test = _users(tmp_path / "users")
+    fake_llm.requests.update({"[rate]": 1, "[flaky]": 2})
+    out = tmp_path / "styled.jsonl"
+    args = ["synth", str(corpus), "--method", "llm", "--base-url", fake_llm.url, "--llm-model", "fake"]
+    args += ["--api-key-env", "FAKE_LLM_KEY", "--round-trip-k", "0", "--out", str(out)]
+    args += ["--style-queries", str(tmp_path / "users"), "--style-split", "dev", "--style-examples", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(fake_llm.prompts) == len(PASSAGES)
+    shown_sets = set()
+    for prompt in fake_llm.prompts:
+        assert prompt.startswith("Here are questions that users of this search engine really wrote")
+        shown = [line[2:] for line in prompt.split("\n\n")[0].splitlines()[1:]]
+        assert len(shown) == 3 and set(shown) <= set(dev) and not any(t in prompt for t in test)
+        shown_sets.add(frozenset(shown))
+    assert len(shown_sets) > 1  # each passage its own sample, not one fixed set
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # "What makes kidney stones form?" echoes a user's question (case and punctuation aside): it is dropped. (The
+    # round trip is off: the anemia passage keeps its migraine question.)
+    expected = EXPECTED - {"What makes kidney stones form?"} | {"How do triptans stop a migraine headache attack?"}
+    assert {r["query"] for r in rows} == expected
+    stats = json.loads(result.output[result.output.index("{\n") : result.output.rindex("}") + 1])
+    # Twice: the kidney passage's answer and the anemia passage's both hold it.
+    assert stats["questions_removed"]["copies_a_style_example"] == 2 and stats["style_examples"] == len(dev)
+
+    # The same passage gets the same examples on a resumed run; a different seed shows others.
+    settings = _settings("http://unused", style_examples=dev, examples_per_prompt=3, prompt=load_prompt(None, True))
+    doc = _docs()[0]
+    assert build_prompt(doc, settings) == build_prompt(doc, settings)
+    others = {build_prompt(doc, _settings("x", style_examples=dev, prompt=settings.prompt, seed=s)) for s in range(5)}
+    assert len(others) > 1 and all(doc.text in p for p in others)
+
+
+def test_style_prompt_errors(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("Ask {n} questions about:\n{passage}")
+    styled = tmp_path / "styled.txt"
+    styled.write_text("Users ask like this:\n{examples}\nAsk {n} questions about:\n{passage}")
+    assert load_prompt(styled, with_examples=True).startswith("Users ask")
+    with pytest.raises(RagtuneError, match="no {examples} placeholder"):
+        load_prompt(plain, with_examples=True)
+    with pytest.raises(RagtuneError, match="no user questions were given"):
+        load_prompt(styled)
+    # A passage holding a placeholder's name stays as written.
+    settings = _settings("x", prompt=load_prompt(plain))
+    assert build_prompt(Document("d", "set {n} and {examples} apart"), settings).endswith(
+        "set {n} and {examples} apart"
+    )
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": k, "text": v} for k, v in PASSAGES.items()])
+    _users(tmp_path / "users")
+    args = ["synth", str(corpus), "--method", "ict", "--out", str(tmp_path / "p.jsonl")]
+    result = CliRunner().invoke(app, [*args, "--style-queries", str(tmp_path / "users")])
+    # (`ragtune`'s entry point turns a RagtuneError into one line and exit status 2: tests/test_cli.py)
+    assert isinstance(result.exception, RagtuneError) and "--style-queries is for --method llm" in str(result.exception)
+    assert not (tmp_path / "p.jsonl").exists()

@@ -12,6 +12,7 @@ from conftest import write_jsonl
 from helpers import ragtune_here, toy_rows
 
 from ragtune.config import RunConfig
+from ragtune.data import load_pairs
 from ragtune.errors import RegressionError
 from ragtune.pipeline import run
 
@@ -202,3 +203,34 @@ def test_changed_input_data_reruns_every_stage(tiny_model, tmp_path):
     assert [d for d in STAGE_DIRS if after[d] == before[d]] == []  # nothing stale was trusted
     prepared = json.loads((out / "prepared" / "stats.json").read_text())["load_stats"]
     assert prepared["queries"] == 80 and first.test_queries != second.test_queries
+
+
+def test_run_trains_on_pairs_files_counted_by_source(tiny_model, tmp_path):
+    """adapt.pairs (e.g. an LLM's questions in the users' style) join a run without data.corpus, train-only."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_rows(60))
+    rows = [
+        {"query": f"{t} job {i} pls", "passage": f"The {t} has job number {i} in the body.", "method": "llm"}
+        for i, t in enumerate(["heart", "kidney", "lung", "liver", "bone"])
+    ]
+    llm = write_jsonl(tmp_path / "llm.jsonl", rows)
+    cfg = RunConfig.model_validate(
+        {
+            "base_model": str(tiny_model),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"path": str(data)},
+            "adapt": {"methods": [], "pairs": [str(llm)]},
+            "mining": {"strategy": "random"},
+            "train": {"epochs": 1, "batch_size": 8, "evals_per_epoch": 1},
+            "allow_regression": True,
+        }
+    )
+    summary = run(cfg)
+    out = tmp_path / "run"
+    assert summary.results["training_pairs_by_source"]["llm"] == 5
+    trained = load_pairs(out / "data")
+    train_texts = {trained.queries[q] for q in trained.splits["train"]}
+    assert {r["query"] for r in rows} <= train_texts  # train-only: never validation or test
+    tested = {trained.queries[q] for q in trained.splits["validation"] + trained.splits["test"]}
+    assert not tested & {r["query"] for r in rows}
+    write_jsonl(llm, rows[:3])  # a changed pairs file is read again
+    assert run(cfg).results["training_pairs_by_source"]["llm"] == 3

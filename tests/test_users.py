@@ -6,7 +6,7 @@ import random
 import pytest
 from conftest import shared_file, write_jsonl
 
-from ragtune.adapt import adapt, load_judged, load_user_queries, pseudo_label
+from ragtune.adapt import adapt, load_judged, load_pairs_files, load_user_queries, pseudo_label
 from ragtune.config import AdaptConfig, RunConfig, SplitConfig
 from ragtune.data import Document, LoadStats, PairData, load_pairs
 from ragtune.embeddings import Encoder
@@ -111,6 +111,47 @@ def test_adapted_pairs_are_train_only_and_tagged(tiny_model, tmp_path):
     assert {"q0", "q1", "q2"} <= set(split["train"])
     assert not {"q0", "q1", "q2"} & (set(split["validation"]) | set(split["test"]))
     assert sorted(sum(split.values(), [])) == sorted(many.qrels)
+
+
+def test_pairs_files_join_as_train_only_pairs_counted_by_method(tmp_path):
+    llm = write_jsonl(
+        tmp_path / "llm_pairs.jsonl",
+        [
+            {
+                "query": "how much warfarin a day",
+                "passage": "Take warfarin at the same time each day.",
+                "method": "llm",
+            },
+            {"query": "What is aspirin for ?", "passage": "Aspirin relieves pain and lowers fever.", "method": "llm"},
+            {"query": "pain pill for fever", "passage": "Aspirin relieves pain and lowers fever.", "method": "llm"},
+        ],
+    )
+    other = tmp_path / "handmade.csv"
+    other.write_text(
+        "query,passage,method\nfridge insulin?,Store insulin in the fridge.,\nsugar pill,Insulin lowers "
+        "blood sugar in diabetes.,labelled\n"
+    )
+    extra = load_pairs_files([str(llm), str(other)])
+    assert [m for _, _, m in extra] == ["llm", "llm", "llm", "handmade", "handmade"]
+    data = _labelled()
+    adapted, stats = adapt(
+        data, [], None, None, AdaptConfig(methods=[], pairs=[str(llm), str(other)]), extra_pairs=extra
+    )
+    # A text already asked as a labelled question keeps its own label; the rest are train-only, by method.
+    assert stats.pairs_by_method == {"labelled": 2, "llm": 2, "handmade": 2}
+    added = {adapted.queries[q]: {adapted.corpus[p] for p in adapted.qrels[q]} for q in adapted.train_only}
+    assert added == {
+        "how much warfarin a day": {"Take warfarin at the same time each day."},
+        "pain pill for fever": {data.corpus["p1"]},
+        "fridge insulin?": {"Store insulin in the fridge."},
+        "sugar pill": {data.corpus["p2"]},
+    }
+    assert stats.corpus_passages_new == 2 and len(adapted.corpus) == 4  # known passages are not doubled
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "ok query", "passage": "p"}, {"query": "q", "passage": " "}])
+    with pytest.raises(RagtuneError, match="bad.jsonl: line 2: fields 'query' and 'passage'"):
+        load_pairs_files([str(bad)])
+    with pytest.raises(RagtuneError, match="adapt.pairs: file not found: .*nope.jsonl"):
+        load_pairs_files([str(tmp_path / "nope.jsonl")])
 
 
 def _beir(folder, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, list[tuple]]) -> None:

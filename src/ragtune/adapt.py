@@ -8,7 +8,9 @@ A team's labelled pairs (FAQ titles, curated questions) differ from its traffic;
 - `judged` pairs: each labelled user question (the queries of `data.user_queries`' qrels/<split>.tsv) with its
   relevant passages, for teams that have labelled some of their traffic;
 - synthetic pairs made from `data.corpus` by the offline `ragtune.synth` methods (`ict`, `crop`, `title`), each
-  query paired with its whole passage.
+  query paired with its whole passage;
+- the pairs of `adapt.pairs` files, e.g. made by an LLM shown the users' questions (`ragtune synth --method llm
+  --style-queries`), counted by their `method` column.
 Every added pair is train-only (unverified pairs never judge a model) and tagged with its method, so a report can
 count the training pairs by source.
 """
@@ -108,6 +110,34 @@ def load_judged(path: str | Path, split: str | None) -> list[tuple[str, dict[str
     return list(judged.items())
 
 
+def load_pairs_files(paths: list[str]) -> list[tuple[str, str, str]]:
+    """(query, passage, method) of every row of pairs files (JSONL/CSV/Parquet with `query` and `passage`; `method`,
+    when present, names the pair's source, else the file's name does)."""
+    from ragtune.data import read_frame, read_jsonl
+
+    pairs = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise RagtuneError(f"adapt.pairs: file not found: {path}")
+        fmt = detect_format(path)
+        if fmt not in ("jsonl", "csv", "parquet"):
+            raise RagtuneError(f"adapt.pairs: {path}: must be a JSONL, CSV or Parquet file of query, passage rows")
+        rows = read_jsonl(path) if fmt == "jsonl" else read_frame(path, fmt)
+        before = len(pairs)
+        for where, record in rows:
+            texts = [record.get(c) for c in ("query", "passage")]
+            if not all(isinstance(t, str) and t.strip() for t in texts):
+                raise RagtuneError(f"{where}: fields 'query' and 'passage' must be non-empty texts")
+            method = record.get("method")
+            method = method.strip() if isinstance(method, str) and method.strip() else path.stem
+            if method == LABELLED:  # the report's "labelled" counts data.path's pairs only
+                method = path.stem
+            pairs.append((texts[0].strip(), texts[1].strip(), method))
+        if len(pairs) == before:
+            raise RagtuneError(f"adapt.pairs: {path}: no pairs")
+    return pairs
+
+
 def pseudo_label(queries: list[str], corpus: dict[str, str], encoder: Encoder) -> tuple[list[tuple[str, str]], dict]:
     """(query, passage id) where BM25's and the base model's first passage agree; the rest are left out."""
     from ragtune.data import LoadStats
@@ -137,6 +167,7 @@ def adapt(
     encoder: Encoder | None,
     config: AdaptConfig,
     judged: list[tuple[str, dict[str, float]]] | None = None,
+    extra_pairs: list[tuple[str, str, str]] | None = None,
 ) -> tuple[PairData, AdaptStats]:
     """`data` plus the users' corpus (`documents`) and train-only pairs made from it (see the module docstring)."""
     from ragtune.synth import synthesize
@@ -159,6 +190,13 @@ def adapt(
     made: Counter = Counter()
     asked = {q.strip().lower() for q in data.queries.values()}
 
+    def passage_id(text: str) -> str:
+        if text not in known:  # a passage outside data.corpus is still one users get
+            known[text] = text_id("p", text)
+            merged[known[text]] = text
+            stats.corpus_passages_new += 1
+        return known[text]
+
     def add(query: str, relevant: dict[str, float], method: str) -> None:
         qid = text_id("q", f"{method}\0{query}")
         if qid in qrels or query.strip().lower() in asked:
@@ -169,14 +207,7 @@ def adapt(
 
     if "judged" in config.methods and judged:
         for query, passages in judged:
-            relevant = {}
-            for text, grade in passages.items():
-                if text not in known:  # a labelled answer outside data.corpus is still a passage users get
-                    known[text] = text_id("p", text)
-                    merged[known[text]] = text
-                    stats.corpus_passages_new += 1
-                relevant[known[text]] = grade
-            add(query, relevant, "judged")
+            add(query, {passage_id(text): grade for text, grade in passages.items()}, "judged")
         asked.update(query.strip().lower() for query, _ in judged)  # a judged question is not pseudo-labelled too
     if "pseudo" in config.methods and user_queries:
         if encoder is None or not target:
@@ -191,6 +222,8 @@ def adapt(
             # The positive is the whole passage users search, not the method's fragment of it: fragments in the
             # corpus would be near-copies of real passages, distracting every evaluation.
             add(pair.query, {known[text_of[pair.doc_id]]: 1.0}, pair.method)
+    for query, passage, method in extra_pairs or []:
+        add(query, {passage_id(passage): 1.0}, method)
     stats.pairs_by_method = {LABELLED: len(data.qrels), **dict(made)}
     log.info("adapt: %s", stats.to_dict())
     adapted = PairData(merged, queries, qrels, data.stats, data.splits, dict(data.groups), methods)

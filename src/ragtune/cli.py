@@ -525,33 +525,49 @@ def synth_cmd(
         int, typer.Option(help="llm: keep a question only if its passage is in the base model's top k (0: off).")
     ] = 20,
     round_trip_model: ModelOpt = None,
+    style_queries: Annotated[
+        Path | None,
+        typer.Option(help="llm: questions your users wrote (BEIR folder or JSONL/CSV/Parquet); prompts show a few."),
+    ] = None,
+    style_split: Annotated[
+        str | None, typer.Option(help="llm: of a BEIR --style-queries, only the questions of qrels/<split>.tsv.")
+    ] = None,
+    style_column: Annotated[str, typer.Option(help="llm: column of a --style-queries file.")] = "text",
+    style_examples: Annotated[int, typer.Option(min=1, help="llm: user questions shown in each prompt.")] = 8,
 ) -> None:
     """Turn a bare corpus into (query, passage) training pairs: offline methods, or your own LLM endpoint."""
     from ragtune.synth import synth_offline
 
     if "llm" not in method:
+        if style_queries:
+            raise RagtuneError("--style-queries is for --method llm (the offline methods write no questions)")
         stats = synth_offline(corpus, method, out, seed, text_column, id_column)
         typer.echo(json.dumps(stats.to_dict(), indent=2))
         typer.echo(f"{stats.pairs} pairs written to {out}")
         return
     if method != ["llm"]:
         raise RagtuneError("--method llm cannot be combined with offline methods in one call; write two files")
+    from ragtune.adapt import load_user_queries
     from ragtune.llm import LLMSettings, load_prompt, synth_llm
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
     if not base_url or not llm_model:
         raise RagtuneError("--method llm needs --base-url (or OPENAI_BASE_URL) and --llm-model")
+    users = load_user_queries(style_queries, style_split, style_column) if style_queries else []
     settings = LLMSettings(
         base_url=base_url,
         model=llm_model,
         api_key_env=api_key_env,
         questions=questions,
-        prompt=load_prompt(prompt),
+        prompt=load_prompt(prompt, with_examples=bool(users)),
         concurrency=concurrency,
         retries=retries,
         max_copied_words=max_copied_words,
         round_trip_k=round_trip_k,
         round_trip_model=round_trip_model or "default",
+        style_examples=users,
+        examples_per_prompt=style_examples,
+        seed=seed,
     )
     with _shown():
         stats, raw = synth_llm(corpus, out, settings, text_column, id_column)

@@ -82,6 +82,12 @@ class AdaptConfig(Settings):
         "ragtune.synth). Used only when data.corpus is set.",
     )
     seed: int = Field(42, description="Seed of the synthetic methods.")
+    pairs: list[str] = Field(
+        [],
+        description="Train-only pairs files (JSONL/CSV/Parquet: query, passage, optional method), e.g. made by "
+        "`ragtune synth --method llm --style-queries ...`: each passage joins the corpus, each pair is counted by "
+        "its method.",
+    )
 
 
 class EvalSetConfig(Settings):

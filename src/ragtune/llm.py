@@ -5,6 +5,8 @@ variable. Generation is resumable: every passage's answer is appended to `<out>.
 a re-run asks only for passages not in it. Filtering runs afterwards over the raw answers, so changing a filter never
 costs a new generation: preambles and numbering are stripped, duplicates dropped, questions that copy a long span of
 their passage dropped, and (round trip) a question is kept only if the base model ranks its passage in the top k.
+Given questions real users wrote (`style_examples`), each prompt shows a few of them, Promptagator-style, and a
+question that echoes one of them is dropped.
 
 Requests go through the `openai` client, whose retry policy (429 with Retry-After, 5xx, dropped connections,
 exponential backoff) is the one OpenAI-compatible servers expect; the resumable log is ragtune's own.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import threading
 from collections import Counter
@@ -32,8 +35,21 @@ below answers. Each question must make sense on its own, without the passage. An
 Passage:
 {passage}"""
 
+# Promptagator (Dai et al., 2022): a few questions real users wrote, shown before each passage, make the model write
+# the way users do (their length, wording, spelling) rather than the way the passage is written.
+STYLE_PROMPT = """Here are questions that users of this search engine really wrote, about other passages:
+{examples}
+
+Write {n} different questions that such a user might ask and that the passage below answers. Write them the way \
+these users write (their wording, length, spelling, abbreviations), not the way the passage is written. Each \
+question must make sense on its own, without the passage. Answer with a JSON list of strings.
+
+Passage:
+{passage}"""
+
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d{1,2}[.):]|\(?[a-zA-Z][.)]|Q\d*[.:)]|Question\s*\d*[.:)])\s*")
 _PREAMBLE = re.compile(r"^(sure|okay|ok|certainly|of course|here (are|is)|below (are|is))\b", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"\{(examples|n|passage)\}")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.){8,})"')
 
 
@@ -51,6 +67,9 @@ class LLMSettings:
     max_copied_words: int = 10  # drop a question sharing this many consecutive words with its passage
     round_trip_k: int = 20  # keep a question only if its passage ranks in the base model's top k (0: off)
     round_trip_model: str = "default"
+    style_examples: list[str] = field(default_factory=list)  # questions users wrote; `{examples}` shows a few
+    examples_per_prompt: int = 8
+    seed: int = 42  # which examples each passage's prompt shows
 
 
 @dataclass
@@ -62,6 +81,7 @@ class LLMStats:
     retries: int = 0
     removed: Counter = field(default_factory=Counter)
     pairs: int = 0
+    style_examples: int = 0  # user questions the prompts drew their examples from
 
     def to_dict(self) -> dict:
         return {
@@ -73,16 +93,34 @@ class LLMStats:
             "retries": self.retries,
             "questions_removed": dict(self.removed),
             "pairs": self.pairs,
+            "style_examples": self.style_examples,
         }
 
 
-def load_prompt(path: str | Path | None) -> str:
+def load_prompt(path: str | Path | None, with_examples: bool = False) -> str:
+    """The prompt template: the file at `path`, else the default (the style prompt when user questions are given)."""
     if path is None:
-        return DEFAULT_PROMPT
+        return STYLE_PROMPT if with_examples else DEFAULT_PROMPT
     text = Path(path).read_text(encoding="utf-8")
     if "{passage}" not in text:
         raise RagtuneError(f"{path}: the prompt template needs a {{passage}} placeholder (and may use {{n}})")
+    if with_examples and "{examples}" not in text:
+        raise RagtuneError(f"{path}: the prompt template has no {{examples}} placeholder for the users' questions")
+    if not with_examples and "{examples}" in text:
+        raise RagtuneError(f"{path}: the prompt template shows {{examples}} but no user questions were given")
     return text
+
+
+def build_prompt(doc: Document, settings: LLMSettings) -> str:
+    """The prompt for one passage. Its style examples are a sample seeded by the passage id, so a resumed run asks
+    the same thing, and different passages show different users' questions (more varied questions back)."""
+    shown = random.Random(f"{settings.seed}:{doc.id}").sample(
+        settings.style_examples, min(settings.examples_per_prompt, len(settings.style_examples))
+    )
+    values = {"examples": "\n".join(f"- {q}" for q in shown), "n": str(settings.questions), "passage": doc.text}
+    # One pass, not str.format: a template may show a JSON example with braces of its own, and a passage or a
+    # user's question that contains "{n}" must stay as written.
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], settings.prompt)
 
 
 def parse_questions(content: str) -> tuple[list[str], bool]:
@@ -117,10 +155,13 @@ def _clean(question: str) -> str:
     return q if len(q.split()) >= 3 else ""
 
 
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"\w+", text.lower()))
+
+
 def copies_passage(question: str, passage: str, words: int) -> bool:
     """True if the question contains `words` consecutive words of the passage (a lifted sentence, not a query)."""
-    q = re.findall(r"\w+", question.lower())
-    p = re.findall(r"\w+", passage.lower())
+    q, p = _words(question), _words(passage)
     if len(q) < words:
         return False
     spans = {tuple(p[i : i + words]) for i in range(len(p) - words + 1)}
@@ -153,12 +194,10 @@ class _Client:
         with self.lock:
             self.attempts += 1
 
-    def ask(self, passage: str) -> str:
+    def ask(self, content: str) -> str:
         import openai
 
         s = self.settings
-        # Plain replacement, not str.format: a template may show a JSON example with braces of its own.
-        content = s.prompt.replace("{passage}", passage).replace("{n}", str(s.questions))
         try:
             reply = self.client.chat.completions.create(
                 model=s.model, temperature=s.temperature, messages=[{"role": "user", "content": content}]
@@ -182,7 +221,7 @@ class _Client:
 
 def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, progress: bool = True) -> LLMStats:
     """Ask for questions for every passage not yet in `raw_path`, appending each answer as it arrives."""
-    stats = LLMStats(passages=len(documents))
+    stats = LLMStats(passages=len(documents), style_examples=len(settings.style_examples))
     done = set()
     if raw_path.exists():
         with raw_path.open(encoding="utf-8") as f:
@@ -193,7 +232,7 @@ def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, p
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     write_lock = threading.Lock()
     with raw_path.open("a", encoding="utf-8") as out, ThreadPoolExecutor(settings.concurrency) as pool:
-        futures = {pool.submit(client.ask, d.text): d for d in todo}
+        futures = {pool.submit(client.ask, build_prompt(d, settings)): d for d in todo}
         stats.requested = len(futures)
         finished = as_completed(futures)
         for future in track(finished, "asking the LLM", len(futures)) if progress else finished:
@@ -220,6 +259,8 @@ def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSet
     records = sorted((r for r in records if r["doc_id"] in position), key=lambda r: position[r["doc_id"]])
     candidates: list[Pair] = []
     seen: set[str] = set()
+    # A user's question echoed back would train on it; if it is also an evaluation question, that is leakage.
+    examples = {_words(q) for q in settings.style_examples}
     for record in records:
         doc = documents[position[record["doc_id"]]]
         questions, valid_json = parse_questions(record["content"])
@@ -231,6 +272,8 @@ def filter_questions(documents: list[Document], raw_path: Path, settings: LLMSet
             key = " ".join(q.lower().split())
             if key in seen:
                 stats.removed["duplicate"] += 1
+            elif _words(q) in examples:
+                stats.removed["copies_a_style_example"] += 1
             elif copies_passage(q, doc.text, settings.max_copied_words):
                 stats.removed["copies_the_passage"] += 1
             else:

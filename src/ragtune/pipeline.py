@@ -121,7 +121,7 @@ def adapt_stage(
 ) -> dict[str, Any]:
     """The prepared pairs plus the users' corpus (`data.corpus`) and train-only pairs made from it (`ragtune.adapt`),
     saved like a prepared folder, which mining and splitting then read."""
-    from ragtune.adapt import adapt, load_judged, load_user_queries
+    from ragtune.adapt import adapt, load_judged, load_pairs_files, load_user_queries
     from ragtune.data import load_documents
 
     data = data_mod.load_prepared(prepared)
@@ -137,8 +137,10 @@ def adapt_stage(
         else None
     )
     encoder = Encoder(base_model, cache_dir, max_seq_length) if "pseudo" in config.methods and queries else None
-    adapted, stats = adapt(data, documents, queries, encoder, config, judged)
-    with replace_folder(out, "adapted", [prepared, data_config.corpus, data_config.user_queries]) as new:
+    extra = load_pairs_files(config.pairs)
+    adapted, stats = adapt(data, documents, queries, encoder, config, judged, extra)
+    sources = [prepared, data_config.corpus, data_config.user_queries, *config.pairs]
+    with replace_folder(out, "adapted", sources) as new:
         data_mod.save_beir(adapted, new)
         write_json(new / "adapt.json", stats.to_dict())
     log.info("adapted to the users' corpus: %s", stats.to_dict())
@@ -450,12 +452,13 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     k_prepare = stage_key(config.data.model_dump(), file_key(Path(source)))
     run_stage("prepare", out / "prepared", k_prepare, lambda: prepare_stage(config.data, out / "prepared"))
     pairs_dir = out / "prepared"
-    if config.data.corpus:
+    if config.data.corpus or config.adapt.pairs:
         k_prepare = stage_key(
             k_prepare,
             config.adapt.model_dump(),
-            file_key(Path(config.data.corpus)),
+            file_key(Path(config.data.corpus)) if config.data.corpus else None,
             file_key(Path(config.data.user_queries)) if config.data.user_queries else None,
+            *(file_key(Path(f)) for f in config.adapt.pairs),
             base_key,
             seq,
         )
