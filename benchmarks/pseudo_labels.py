@@ -5,7 +5,9 @@
 
 For each question of the split, over the whole corpus: the base model's first passage, BM25's, whether they agree
 (`adapt.methods: [pseudo]` keeps only those), and a fused teacher (min-max normalised dense + w * BM25 scores). Each
-selection's precision is measured with the split's labels, which the pseudo-labeller itself never reads.
+selection's precision is measured with the split's labels, which the pseudo-labeller itself never reads. Wider
+selections (the base model's margin between its first two passages, alone or with agreement) show whether more
+questions could be labelled at the same precision.
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def main() -> None:
             fused = (1 - w) * _minmax(dense[q], ids) + w * _minmax(lexical[q], ids)
             hits.append(right(q, ids[int(np.argmax(fused))]))
         out["fused_first_right"][str(w)] = round(float(np.mean(hits)), 4)
+    margin = {}
+    for q in qids:
+        scores = sorted(dense[q].values(), reverse=True)
+        margin[q] = scores[0] - scores[1] if len(scores) > 1 else scores[0]
+    out["selections"] = {}
+    for t in (0.05, 0.1, 0.15):
+        for name, keep in (
+            (f"margin > {t}", lambda q, t=t: margin[q] > t),
+            (f"agreed or margin > {t}", lambda q, t=t: bm25_top.get(q) == dense_top[q] or margin[q] > t),
+        ):
+            chosen = [q for q in qids if keep(q)]
+            hits = sum(right(q, dense_top[q]) for q in chosen)
+            out["selections"][name] = {
+                "labelled": len(chosen),
+                "right": hits,
+                "precision": round(hits / len(chosen), 4) if chosen else None,
+            }
+    out["selections"]["agreed"] = {
+        "labelled": len(agreed),
+        "right": sum(right(q, dense_top[q]) for q in agreed),
+        "precision": out["agreed_right"],
+    }
     report(out, args.output_json)
 
 

@@ -70,6 +70,10 @@ def test_pseudo_label_benchmark_scores_against_the_labels(tmp_path, tiny_model):
     result = json.loads(out.read_text())
     assert result["questions"] == 4 and result["agreed"] == 4  # each question is its own passage, word for word
     assert result["agreed_right"] == 0.75 and result["dense_first_right"] == 0.75
+    chosen = result["selections"]
+    assert chosen["agreed"] == {"labelled": 4, "right": 3, "precision": 0.75}
+    assert chosen["agreed or margin > 0.1"]["labelled"] == 4  # a wider selection holds every agreeing question
+    assert all(c["precision"] == round(c["right"] / c["labelled"], 4) for c in chosen.values() if c["labelled"])
 
 
 @pytest.mark.slow  # four processes, one per engine
