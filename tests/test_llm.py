@@ -271,6 +271,9 @@ def test_style_prompt_errors(tmp_path):
         load_prompt(plain, with_examples=True)
     with pytest.raises(RagtuneError, match="no user questions were given"):
         load_prompt(styled)
+    unused = _settings("http://unused", style_examples=["how do i"])  # the default prompt shows no examples
+    with pytest.raises(RagtuneError, match="style examples need a prompt with"):
+        generate(_docs(), unused, tmp_path / "raw.jsonl", progress=False)
     # A passage holding a placeholder's name stays as written.
     settings = _settings("x", prompt=load_prompt(plain))
     assert build_prompt(Document("d", "set {n} and {examples} apart"), settings).endswith(

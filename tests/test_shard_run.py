@@ -32,6 +32,7 @@ def _config(tmp_path, **extra) -> RunConfig:
         ({"mining": {"cross_encoder": "ce/", "max_cosine_to_positive": 0.9}}, "to_positive, mining.cross_encoder"),
         ({"split": {"split_by": "group"}}, "split.split_by: group"),
         ({"data": {"path": "p.jsonl", "corpus": "users/"}}, "data.corpus"),
+        ({"adapt": {"pairs": ["llm.jsonl"]}}, "adapt.pairs not supported"),
         ({"eval_sets": [{"name": "users", "path": "users/"}]}, "users needs a split"),
     ],
 )

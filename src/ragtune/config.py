@@ -352,6 +352,7 @@ class RunConfig(Settings):
             "synth": self.synth is not None,
             "data.corpus": self.data.corpus is not None,
             "data.user_queries": self.data.user_queries is not None,
+            "adapt.pairs": bool(self.adapt.pairs),
             "split.split_by: group": self.split.split_by == "group",
             "split.push_to_hub": self.split.push_to_hub is not None,
             f"mining.strategy: {self.mining.strategy}": self.mining.strategy not in ("hard", "least-similar"),

@@ -221,6 +221,8 @@ class _Client:
 
 def generate(documents: list[Document], settings: LLMSettings, raw_path: Path, progress: bool = True) -> LLMStats:
     """Ask for questions for every passage not yet in `raw_path`, appending each answer as it arrives."""
+    if bool(settings.style_examples) != ("{examples}" in settings.prompt):
+        raise RagtuneError("llm: style examples need a prompt with {examples}, and {examples} needs style examples")
     stats = LLMStats(passages=len(documents), style_examples=len(settings.style_examples))
     done = set()
     if raw_path.exists():
