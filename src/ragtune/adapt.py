@@ -111,30 +111,20 @@ def load_judged(path: str | Path, split: str | None) -> list[tuple[str, dict[str
 
 
 def load_pairs_files(paths: list[str]) -> list[tuple[str, str, str]]:
-    """(query, passage, method) of every row of pairs files (JSONL/CSV/Parquet with `query` and `passage`; `method`,
-    when present, names the pair's source, else the file's name does)."""
-    from ragtune.data import read_frame, read_jsonl
+    """(query, passage, method) of every pair of pairs files (read like `data.path`: query, passage and optionally
+    `method`, which names the pair's source; else the file's name does)."""
+    from ragtune.data import load_pairs
 
     pairs = []
     for path in map(Path, paths):
         if not path.is_file():
             raise RagtuneError(f"adapt.pairs: file not found: {path}")
-        fmt = detect_format(path)
-        if fmt not in ("jsonl", "csv", "parquet"):
-            raise RagtuneError(f"adapt.pairs: {path}: must be a JSONL, CSV or Parquet file of query, passage rows")
-        rows = read_jsonl(path) if fmt == "jsonl" else read_frame(path, fmt)
-        before = len(pairs)
-        for where, record in rows:
-            texts = [record.get(c) for c in ("query", "passage")]
-            if not all(isinstance(t, str) and t.strip() for t in texts):
-                raise RagtuneError(f"{where}: fields 'query' and 'passage' must be non-empty texts")
-            method = record.get("method")
-            method = method.strip() if isinstance(method, str) and method.strip() else path.stem
+        data = load_pairs(path)
+        for qid, relevant in data.qrels.items():
+            method = data.methods.get(qid) or path.stem
             if method == LABELLED:  # the report's "labelled" counts data.path's pairs only
                 method = path.stem
-            pairs.append((texts[0].strip(), texts[1].strip(), method))
-        if len(pairs) == before:
-            raise RagtuneError(f"adapt.pairs: {path}: no pairs")
+            pairs += [(data.queries[qid], data.corpus[pid], method) for pid in relevant]
     return pairs
 
 
