@@ -37,6 +37,7 @@ def test_every_example_config_loads_and_names_real_paths():
         ("- a list\n", "top level must be a mapping"),
         ("data: [unclosed\n", "not valid YAML"),
         ("guard: nowhere\n", "guard: 'nowhere' is neither 'validation' nor an eval set's name"),
+        ("checkpoint_on: dev\n", "checkpoint_on: 'dev' is neither 'validation' nor an eval set's name"),
         ("eval_sets:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "names must differ"),
         ("adapt:\n  methods: [magic]\n", "adapt.methods"),
     ],

@@ -33,6 +33,25 @@ def test_two_steps_change_the_embeddings_and_save_a_card(tiny_model, tmp_path):
     assert result.best_checkpoint is not None and result.best_metric is not None
 
 
+def test_an_eval_set_picks_the_checkpoint_kept(tiny_model, tmp_path):
+    """select_on: only those queries are scored while training, and the model kept is their best checkpoint."""
+    from ragtune.data import load_ragtune_data
+    from ragtune.validation import GradedRetrievalEvaluator
+
+    data = split_folder(tmp_path, tiny_model)
+    folder = load_ragtune_data(data)
+    users = folder.subset(folder.splits["test"])  # labelled questions over the same corpus
+    cfg = TrainConfig(batch_size=8, learning_rate=1e-3, evals_per_epoch=4)  # 4 steps, scored after each
+    result = train(str(tiny_model), data, tmp_path / "out", cfg, select_on=("users-dev", users))
+    metric = "eval_users-dev_cosine_ndcg@10"
+    scores = {h["step"]: h[metric] for h in result.log_history if metric in h}
+    assert sorted(scores) == [1, 2, 3, 4] and not any(BEST_METRIC in h for h in result.log_history)
+    assert result.best_metric == max(scores.values())
+    assert int(result.best_checkpoint.rsplit("-", 1)[1]) in {s for s, v in scores.items() if v == result.best_metric}
+    again = GradedRetrievalEvaluator(users, "again", 8)(load_model(result.model_dir))["again_cosine_ndcg@10"]
+    assert again == pytest.approx(result.best_metric, abs=1e-4)
+
+
 def test_cached_mnrl_gives_the_same_gradients_as_mnrl(tiny_model):
     """GradCache is exact: a batch of 16 in mini-batches of 4 must produce MNRL's gradients."""
     import torch

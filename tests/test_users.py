@@ -353,6 +353,17 @@ def test_run_with_users_corpus_and_eval_sets(tiny_model, tmp_path):
     tuned_minus_base = evalset["comparisons"][0]["delta"] * 100
     assert line.startswith("| pseudo | labelled") and f"{tuned_minus_base:+.2f}" in line
 
+    # An eval set can pick the checkpoint instead of the validation split: training runs again (its key changed), only
+    # that set is scored while training, and the report marks its row as chosen on.
+    picked = run(cfg.model_copy(update={"checkpoint_on": "medicationqa-test"}), allow_regression=True)
+    info = json.loads((out / "model" / "ragtune_train.json").read_text())
+    assert info["checkpoint_chosen_on"] == "medicationqa-test" and info["best_medicationqa-test_ndcg@10"] > 0
+    log = json.loads((out / "model" / "training_log.json").read_text())
+    assert any("eval_medicationqa-test_cosine_ndcg@10" in h for h in log)
+    assert not any("eval_validation_cosine_ndcg@10" in h for h in log)
+    assert "| medicationqa-test (picked the checkpoint) | 346 |" in picked.eval_table
+    assert json.loads((out / "results.json").read_text())["checkpoint_chosen_on"] == "medicationqa-test"
+
     # An eval set dropped from the config is no longer reported (its folder stays, unused).
     again = run(cfg.model_copy(update={"eval_sets": [], "guard": "validation"}), allow_regression=True)
     assert again.eval_sets == {} and again.eval_table == ""

@@ -316,6 +316,11 @@ class RunConfig(Settings):
         "validation",
         description="What decides the regression guard: 'validation' (the split of your pairs) or an eval set's name.",
     )
+    checkpoint_on: str = Field(
+        "validation",
+        description="What picks the checkpoint kept: 'validation' (the split of your pairs) or an eval set's name, "
+        "e.g. a dev split of users' labelled questions; that set's numbers are then chosen on it, not a test.",
+    )
 
     @model_validator(mode="after")
     def _eval_sets(self) -> RunConfig:
@@ -324,6 +329,10 @@ class RunConfig(Settings):
             raise ValueError(f"eval_sets: names must differ, got {names}")
         if self.guard != "validation" and self.guard not in names:
             raise ValueError(f"guard: {self.guard!r} is neither 'validation' nor an eval set's name ({names})")
+        if self.checkpoint_on != "validation" and self.checkpoint_on not in names:
+            raise ValueError(
+                f"checkpoint_on: {self.checkpoint_on!r} is neither 'validation' nor an eval set's name ({names})"
+            )
         if self.shards:
             self._check_shards()
         if "judged" in self.adapt.methods:

@@ -45,7 +45,7 @@ from ragtune.outputs import claim_folder, replace_folder, write_json, write_text
 from ragtune.ray_engine import engine_for
 from ragtune.report import RunResult, summarise_run
 from ragtune.splits import leakage_report, push_to_hub, save_splits, split_queries, trained_on
-from ragtune.stages import file_key, run_stage, stage_key, train_in_run
+from ragtune.stages import checkpoint_key, eval_set_data, file_key, run_stage, stage_key, train_in_run
 
 log = logging.getLogger(__name__)
 EVAL_VERSION = 3  # bump when the evaluation output changes, so finished runs re-evaluate
@@ -493,7 +493,7 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
         lambda: _save_eval({"base": base}, out, eval_dir / "base", config.evaluate, bm25=True),
     )
 
-    k_train = stage_key(k_split, config.train.model_dump(), base_key)
+    k_train = stage_key(k_split, config.train.model_dump(), base_key, *checkpoint_key(config))
     run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train))
     k_tuned = stage_key(k_train, config.evaluate.model_dump(), EVAL_VERSION)
     run_stage(
@@ -538,8 +538,7 @@ def _save_eval_set(eval_set: EvalSetConfig, base: str, out: Path, config: EvalCo
     from ragtune.templates import template_stats
 
     path = Path(eval_set.path)
-    data = data_mod.load_pairs(path, "auto", eval_set.query_column, eval_set.passage_column)
-    queries = data.subset(data.splits[eval_set.split]) if eval_set.split and data.splits else data
+    data, queries = eval_set_data(eval_set)
     fusion = (eval_set.fusion_split or _validation_fusion(out)) if config.hybrid else None
 
     def compared(split: str | None, data: data_mod.PairData) -> dict[str, Any]:

@@ -261,6 +261,7 @@ def summarise_run(
         # trained_on and unseen: absent from eval sets of runs from shards
         "eval_sets": {name: {k: r.get(k) for k in EVAL_SET_FIELDS} for name, r in sets.items()},
         "training_pairs_by_source": _training_sources(data),
+        "checkpoint_chosen_on": train_info.get("checkpoint_chosen_on", "validation"),
     }
     summary["recommended_system"], summary["recommendation"] = recommend(summary["recommended_model"], fusion)
     if data.methods:
@@ -274,7 +275,7 @@ def summarise_run(
         "table_md": metrics_table(metrics, systems, {"triplet accuracy": triplet}, cis),
         "comparison_md": comparison_table(comparisons),
         "by_method_md": by_method_table(summary["by_method"], systems) if data.methods else "",
-        "eval_sets_md": eval_sets_table(sets) if sets else "",
+        "eval_sets_md": eval_sets_table(sets, train_info.get("checkpoint_chosen_on")) if sets else "",
         "trained_on_note": trained_on_note(sets),
         "fusion_md": fusion_table({"test": summary, **sets}),
         "config_yaml": resolved_yaml,

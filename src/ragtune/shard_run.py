@@ -34,7 +34,7 @@ from ragtune.report import RunResult, regression_check, verdict
 from ragtune.shard_mining import mined_counts, pair_rows, training_data_from_shards, validation_pool
 from ragtune.shards import corpus_files, embed_shards, index_from_shards, mine_from_shards
 from ragtune.splits import split_queries
-from ragtune.stages import file_key, run_stage, stage_key, train_in_run
+from ragtune.stages import checkpoint_key, file_key, run_stage, stage_key, train_in_run
 from ragtune.tables import comparison_table, eval_sets_table, metrics_table
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     validation = (shards.validation_queries, shards.validation_depth)
     k_mine = stage_key(k_split, k_base, config.mining.model_dump(), shards.nprobe, validation)
     run_stage("mine negatives (from the shards)", out / "mined", k_mine, lambda: _mine(config, out))
-    k_train = stage_key(k_mine, config.train.model_dump())
+    k_train = stage_key(k_mine, config.train.model_dump(), *checkpoint_key(config))
     run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train))
     k_tuned = stage_key(k_corpus, k_train)
 
@@ -267,7 +267,7 @@ def summarise_shard_run(out: Path, guard_on: str = "validation", eval_sets: list
         summary["recommendation"] = f"Serve the base model (index: {out / 'base' / 'index'})."
     write_json(out / "results.json", summary)
     table = metrics_table(test["metrics"], ["base", "tuned"], cis=test["ci95"])
-    sets_table = eval_sets_table(sets) if sets else ""
+    sets_table = eval_sets_table(sets, train_info.get("checkpoint_chosen_on")) if sets else ""
     md = _markdown(out, summary, table, comparison_table(comparisons), sets_table)
     write_text(out / "report.md", md)
     write_text(out / "report.html", _html(out.name, md))

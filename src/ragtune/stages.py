@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ragtune import progress
-from ragtune.config import RunConfig
+from ragtune.config import EvalSetConfig, RunConfig
+from ragtune.data import PairData, load_pairs
 from ragtune.outputs import claim_folder, remove_own_folder, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,34 @@ def train_in_run(config: RunConfig, base: str, out: Path, key: str) -> None:
         remove_own_folder(out / "checkpoints")
     claim_folder(out / "checkpoints", "checkpoints")
     write_text(owner, key)
-    result = train(base, out / "data", out, config.train, resume=True)
+    chooser = checkpoint_set(config)
+    select_on = (chooser.name, eval_set_data(chooser)[1]) if chooser else None
+    result = train(base, out / "data", out, config.train, resume=True, select_on=select_on)
     info = {
         "steps": result.steps,
-        "best_validation_ndcg@10": result.best_metric,
+        f"best_{config.checkpoint_on}_ndcg@10": result.best_metric,
         "best_checkpoint": result.best_checkpoint,
         "resumed_from": result.resumed_from,
     }
+    if chooser:
+        info["checkpoint_chosen_on"] = chooser.name
     write_json(out / "model" / "ragtune_train.json", info)
+
+
+def checkpoint_set(config: RunConfig) -> EvalSetConfig | None:
+    """The eval set that picks the checkpoint kept (`checkpoint_on:`), or None for the validation split."""
+    return next((s for s in config.eval_sets if s.name == config.checkpoint_on), None)
+
+
+def checkpoint_key(config: RunConfig) -> list[str]:
+    """What the training stage's key adds when an eval set picks the checkpoint: its settings and its files. Empty
+    otherwise, so the runs that choose on validation keep the keys they had."""
+    chooser = checkpoint_set(config)
+    return [stage_key(chooser.model_dump(), file_key(Path(chooser.path)))] if chooser else []
+
+
+def eval_set_data(eval_set: EvalSetConfig) -> tuple[PairData, PairData]:
+    """An eval set's file or BEIR folder (`PairData`), and its queries to evaluate: those of its split, if named."""
+    data = load_pairs(Path(eval_set.path), "auto", eval_set.query_column, eval_set.passage_column)
+    queries = data.subset(data.splits[eval_set.split]) if eval_set.split and data.splits else data
+    return data, queries

@@ -57,10 +57,11 @@ def comparison_table(comparisons: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
+def eval_sets_table(sets: dict[str, dict[str, Any]], checkpoint_on: str | None = None) -> str:
     """One row per eval set: each system's NDCG@10 with its interval, and tuned − base / tuned − BM25 (the BM25
     columns only where the sets have BM25: a run from shards has none); below a set whose questions the model partly
-    met in training, the same without them."""
+    met in training, the same without them. The set that picked the checkpoint (`checkpoint_on`) says so: its
+    tuned score was chosen on it."""
     systems = [s for s in ("bm25", "base", "tuned") if all(s in r["metrics"] for r in sets.values())]
     baselines = [b for b in ("base", "bm25") if b in systems]
     lines = [
@@ -71,7 +72,7 @@ def eval_sets_table(sets: dict[str, dict[str, Any]]) -> str:
     ]
     rows = []
     for name, r in sets.items():
-        rows.append((name, r))
+        rows.append((f"{name} (picked the checkpoint)" if name == checkpoint_on else name, r))
         if r.get("unseen"):
             rows.append((f"{name}, not met in training", r["unseen"]))
     for name, r in rows:

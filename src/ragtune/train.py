@@ -20,7 +20,7 @@ from typing import Any
 
 from ragtune import progress
 from ragtune.config import TrainConfig
-from ragtune.data import DATA_MARKER, load_ragtune_data
+from ragtune.data import DATA_MARKER, PairData, load_ragtune_data
 from ragtune.embeddings import PASSAGE, QUERY, load_model, model_prompts, model_settings, no_library_bars
 from ragtune.errors import RagtuneError
 from ragtune.outputs import claim_folder, replace_folder, write_json
@@ -47,10 +47,15 @@ def world_size() -> int:
 
 
 def training_arguments(
-    config: TrainConfig, output_dir: Path, train_rows: int, has_validation: bool, prompts: dict[str, str] | None = None
+    config: TrainConfig,
+    output_dir: Path,
+    train_rows: int,
+    has_validation: bool,
+    prompts: dict[str, str] | None = None,
+    best_metric: str = BEST_METRIC,
 ):
     """The single place a ragtune setting becomes a trainer argument. `prompts`: training column -> the model's
-    prompt for it (`column_prompts`)."""
+    prompt for it (`column_prompts`); `best_metric`: the logged score that picks the checkpoint kept."""
     steps_per_epoch = max(1, math.ceil(train_rows / (config.batch_size * world_size())))
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     strategy = "steps" if has_validation else "no"
@@ -60,7 +65,9 @@ def training_arguments(
             "(autocast; fast on CPUs with AMX)"
         )
     try:
-        return _arguments(config, output_dir, steps_per_epoch, eval_steps, strategy, has_validation, prompts)
+        return _arguments(
+            config, output_dir, steps_per_epoch, eval_steps, strategy, best_metric if has_validation else None, prompts
+        )
     except ValueError as err:  # e.g. bf16 on a GPU without bfloat16 support
         raise RagtuneError(f"train settings (precision={config.precision}): {err}") from err
 
@@ -71,7 +78,7 @@ def _arguments(
     steps_per_epoch: int,
     eval_steps: int,
     strategy: str,
-    has_validation: bool,
+    best_metric: str | None,
     prompts: dict[str, str] | None,
 ):
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -92,8 +99,8 @@ def _arguments(
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=2,
-        load_best_model_at_end=has_validation,
-        metric_for_best_model=BEST_METRIC if has_validation else None,
+        load_best_model_at_end=best_metric is not None,
+        metric_for_best_model=best_metric,
         greater_is_better=True,
         logging_steps=max(1, min(10, steps_per_epoch // 5)),
         seed=config.seed,
@@ -408,6 +415,7 @@ def train(
     config: TrainConfig,
     resume: bool = True,
     callbacks: list | None = None,
+    select_on: tuple[str, PairData] | None = None,
 ) -> TrainResult:
     """Fine-tune `base_model` on `data_dir`'s train split; the model lands in `output_dir/model`.
 
@@ -418,6 +426,9 @@ def train(
         output_dir: Gets `model/` (a sentence-transformers folder) and `checkpoints/`.
         config: Epochs, batch size, loss, learning rate... (`train:` of a run config).
         resume: Continue from the last checkpoint in `output_dir/checkpoints` when there is one.
+        select_on: (name, queries with their corpus) that pick the checkpoint kept instead of the validation split,
+            e.g. a dev split of real users' labelled questions (`checkpoint_on:` of a run config). Only they are
+            scored during training; a number reported on them afterwards was chosen on them.
         callbacks: Extra `transformers.TrainerCallback`s (progress hooks, timing).
 
     Returns:
@@ -441,14 +452,27 @@ def train(
     if config.adapter == "lora":
         add_lora(model, config)
     prompts = model_prompts(base_model)
-    evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims, prompts)
+    if select_on:
+        from ragtune.validation import GradedRetrievalEvaluator
+
+        name, queries = select_on
+        evaluator = GradedRetrievalEvaluator(queries, name, config.batch_size, prompts=prompts)
+        best_metric = f"eval_{name}_cosine_ndcg@10"
+    else:
+        evaluator = validation_evaluator(data_dir, config.batch_size, config.matryoshka_dims, prompts)
+        best_metric = BEST_METRIC
     checkpoint_dir = output_dir / "checkpoints"
     if int(os.environ.get("RANK", "0")) == 0:
         # One claimer: under torchrun every rank gets here at once, and another rank would see the folder rank 0
         # is marking (not yet marked) as a user's. Only rank 0 writes checkpoints anyway.
         claim_folder(checkpoint_dir, "checkpoints")
     args = training_arguments(
-        config, checkpoint_dir, len(train_ds), evaluator is not None, column_prompts(train_ds.column_names, prompts)
+        config,
+        checkpoint_dir,
+        len(train_ds),
+        evaluator is not None,
+        column_prompts(train_ds.column_names, prompts),
+        best_metric,
     )
     # Hub widget samples: their loop draws its own bar, and sentence-transformers 6.2's trainer samples them even
     # with generate_widget_examples=False, so the sampler itself is switched off for this model.
