@@ -148,8 +148,9 @@ def test_pairs_files_join_as_train_only_pairs_counted_by_method(tmp_path):
     }
     assert stats.corpus_passages_new == 2 and len(adapted.corpus) == 4  # known passages are not doubled
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "ok query", "passage": "p"}, {"query": "q", "passage": " "}])
-    with pytest.raises(RagtuneError, match="bad.jsonl: line 2: field 'passage' is empty"):
+    with pytest.raises(RagtuneError, match="^adapt.pairs: .*bad.jsonl: line 2: field 'passage' is empty") as err:
         load_pairs_files([str(bad)])
+    assert "skip_bad_rows" not in str(err.value)  # data.path's setting: it does not skip these rows
     with pytest.raises(RagtuneError, match="adapt.pairs: file not found: .*nope.jsonl"):
         load_pairs_files([str(tmp_path / "nope.jsonl")])
 

@@ -113,13 +113,16 @@ def load_judged(path: str | Path, split: str | None) -> list[tuple[str, dict[str
 def load_pairs_files(paths: list[str]) -> list[tuple[str, str, str]]:
     """(query, passage, method) of every pair of pairs files (read like `data.path`: query, passage and optionally
     `method`, which names the pair's source; else the file's name does)."""
-    from ragtune.data import load_pairs
+    from ragtune.data import SKIP_HINT, load_pairs
 
     pairs = []
     for path in map(Path, paths):
         if not path.is_file():
             raise RagtuneError(f"adapt.pairs: file not found: {path}")
-        data = load_pairs(path)
+        try:
+            data = load_pairs(path)
+        except RagtuneError as err:  # data.skip_bad_rows is data.path's setting: these rows must be fixed
+            raise RagtuneError(f"adapt.pairs: {str(err).removesuffix(SKIP_HINT)} (fix the row)") from None
         for qid, relevant in data.qrels.items():
             method = data.methods.get(qid) or path.stem
             if method == LABELLED:  # the report's "labelled" counts data.path's pairs only

@@ -97,6 +97,9 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+SKIP_HINT = " (fix the row, or set data.skip_bad_rows / `ragtune prepare --skip-bad-rows` to skip and count such rows)"
+
+
 class _Builder:
     """Accumulates pairs, deduplicating queries, passages and pairs and validating every text."""
 
@@ -125,10 +128,7 @@ class _Builder:
 
     def bad(self, message: str) -> None:
         if not self.skip_bad_rows:
-            raise RagtuneError(
-                message + " (fix the row, or set data.skip_bad_rows / `ragtune prepare --skip-bad-rows` to skip and "
-                "count such rows)"
-            )
+            raise RagtuneError(message + SKIP_HINT)
         self.stats.bad_rows_skipped += 1
         if len(self.stats.skipped_examples) < 20:
             self.stats.skipped_examples.append(message)
