@@ -54,6 +54,7 @@ def test_every_public_function_documents_its_arguments_and_returns():
             assert "Args:" in doc and "Returns:" in doc, name
 
 
+@pytest.mark.slow  # a whole run with the real model: 25-50 s of the fast loop's 3 minutes on an AVX2 EPYC
 def test_docstring_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(tmp_path / "cache"))

@@ -231,7 +231,7 @@ def test_serve_switches_models_while_queried_with_no_error_and_one_model_per_ans
             t.start()
         seen = []
         for step in (lambda: promote_collection(uri, b), lambda: rollback(uri), lambda: promote_collection(uri, b)):
-            time.sleep(1.5)
+            time.sleep(0.75)  # four clients keep asking through each switch
             step()
             deadline = time.monotonic() + 60
             target = StoreState.read(store).serving
@@ -239,7 +239,7 @@ def test_serve_switches_models_while_queried_with_no_error_and_one_model_per_ans
                 assert time.monotonic() < deadline, "the server did not pick up the switch"
                 time.sleep(0.1)
             seen.append(target)
-        time.sleep(1.5)
+        time.sleep(0.75)
         stop.set()
         for t in threads:
             t.join(timeout=60)
