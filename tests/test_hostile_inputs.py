@@ -130,6 +130,22 @@ def test_legacy_run_folders_stay_replaceable(tmp_path):
         claim_folder(user, "run")
 
 
+def test_a_folder_killed_while_being_marked_stays_ragtunes(tmp_path):
+    """A kill -9 between writing the marker's temporary file and renaming it left a folder holding only that file:
+    the rerun must claim it (seen in test_kill.py), while a user's file beside such a name still refuses."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / f".{MARKER}.a08__0m7.tmp").write_text('{"kind": "m')
+    claim_folder(folder, "model")
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (user / ".ragtune-notes.tmp").write_text("also mine")
+    with pytest.raises(RagtuneError, match="not made by ragtune"):
+        claim_folder(user, "model")
+
+
 def test_a_failed_rebuild_keeps_the_old_folder(tmp_path):
     folder = tmp_path / "out"
     with replace_folder(folder, "test") as new:

@@ -112,6 +112,8 @@ def check_no_overlap(out: str | Path, inputs: Iterable[str | Path | None]) -> No
 def made_by_ragtune(folder: Path) -> bool:
     if any((folder / name).exists() for name in (MARKER, *LEGACY_MARKERS)):
         return True
+    if any(folder.glob(f".{MARKER}.*.tmp")):  # killed while writing its marker (`atomic_open`'s temporary name)
+        return True
     if all((folder / name).is_file() for name in INDEX_FILES):  # an index made before the marker existed
         return True
     # A run folder made before the marker existed: its resolved config beside stage folders with stage markers.
@@ -140,6 +142,8 @@ def claim_folder(folder: str | Path, kind: str, inputs: Iterable[str | Path | No
     _make_folder(folder)
     if not (folder / MARKER).exists():
         write_json(folder / MARKER, {"kind": kind})
+    for cut_off in folder.glob(f".{MARKER}.*.tmp"):
+        cut_off.unlink(missing_ok=True)
     return folder
 
 
