@@ -144,6 +144,12 @@ def test_a_folder_killed_while_being_marked_stays_ragtunes(tmp_path):
     (user / ".ragtune-notes.tmp").write_text("also mine")
     with pytest.raises(RagtuneError, match="not made by ragtune"):
         claim_folder(user, "model")
+    assert sorted(p.name for p in user.iterdir()) == [".ragtune-notes.tmp", "notes.txt"]  # nothing removed
+    # In ragtune's own folder, only the marker's cut-off temporary file goes: the rest stays.
+    (folder / f".{MARKER}.zz.tmp").write_text("{")
+    (folder / "ragtune_train.json").write_text("{}")
+    claim_folder(folder, "model")
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "ragtune_train.json"]
 
 
 def test_a_failed_rebuild_keeps_the_old_folder(tmp_path):

@@ -28,7 +28,7 @@ import numpy as np
 from ragtune.config import AdaptConfig
 from ragtune.data import Document, PairData, detect_format, text_id
 from ragtune.embeddings import Encoder
-from ragtune.errors import RagtuneError
+from ragtune.errors import BadRowError, RagtuneError
 
 log = logging.getLogger(__name__)
 LABELLED = "labelled"
@@ -113,7 +113,7 @@ def load_judged(path: str | Path, split: str | None) -> list[tuple[str, dict[str
 def load_pairs_files(paths: list[str]) -> list[tuple[str, str, str]]:
     """(query, passage, method) of every pair of pairs files (read like `data.path`: query, passage and optionally
     `method`, which names the pair's source; else the file's name does)."""
-    from ragtune.data import SKIP_HINT, load_pairs
+    from ragtune.data import load_pairs
 
     pairs = []
     for path in map(Path, paths):
@@ -121,8 +121,8 @@ def load_pairs_files(paths: list[str]) -> list[tuple[str, str, str]]:
             raise RagtuneError(f"adapt.pairs: file not found: {path}")
         try:
             data = load_pairs(path)
-        except RagtuneError as err:  # data.skip_bad_rows is data.path's setting: these rows must be fixed
-            raise RagtuneError(f"adapt.pairs: {str(err).removesuffix(SKIP_HINT)} (fix the row)") from None
+        except BadRowError as err:  # data.skip_bad_rows is data.path's setting: these rows must be fixed
+            raise BadRowError(f"adapt.pairs: {err.row}", "fix the row") from None
         for qid, relevant in data.qrels.items():
             method = data.methods.get(qid) or path.stem
             if method == LABELLED:  # the report's "labelled" counts data.path's pairs only

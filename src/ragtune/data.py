@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import BadRowError, RagtuneError
 
 DATA_MARKER = "ragtune_data.json"
 PUBMEDQA_URL = "https://raw.githubusercontent.com/pubmedqa/pubmedqa/master/data/ori_pqal.json"
@@ -97,9 +97,6 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-SKIP_HINT = " (fix the row, or set data.skip_bad_rows / `ragtune prepare --skip-bad-rows` to skip and count such rows)"
-
-
 class _Builder:
     """Accumulates pairs, deduplicating queries, passages and pairs and validating every text."""
 
@@ -128,7 +125,11 @@ class _Builder:
 
     def bad(self, message: str) -> None:
         if not self.skip_bad_rows:
-            raise RagtuneError(message + SKIP_HINT)
+            raise BadRowError(
+                message,
+                "fix the row, or set data.skip_bad_rows / `ragtune prepare --skip-bad-rows` to skip and count "
+                "such rows",
+            )
         self.stats.bad_rows_skipped += 1
         if len(self.stats.skipped_examples) < 20:
             self.stats.skipped_examples.append(message)

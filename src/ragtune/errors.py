@@ -7,6 +7,14 @@ class RagtuneError(Exception):
     exit_code = 2
 
 
+class BadRowError(RagtuneError):
+    """One row of an input file is unusable; `row` says which and why, the message adds what the user can do."""
+
+    def __init__(self, row: str, advice: str):
+        super().__init__(f"{row} ({advice})")
+        self.row = row
+
+
 class RegressionError(RagtuneError):
     """The tuned model is not better than the base model on validation (the run itself finished)."""
 
