@@ -38,6 +38,11 @@ def test_every_example_config_loads_and_names_real_paths():
         ("data: [unclosed\n", "not valid YAML"),
         ("guard: nowhere\n", "guard: 'nowhere' is neither 'validation' nor an eval set's name"),
         ("checkpoint_on: dev\n", "checkpoint_on: 'dev' is neither 'validation' nor an eval set's name"),
+        (
+            "data: {path: p.jsonl}\nshards: {corpus: c, validation_queries: 0}\ncheckpoint_on: users\n"
+            "eval_sets:\n  - {name: users, path: u, split: test}\n",
+            "checkpoint_on: users is scored on a sample of shards.validation_queries queries, which is 0",
+        ),
         ("eval_sets:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "names must differ"),
         ("adapt:\n  methods: [magic]\n", "adapt.methods"),
     ],

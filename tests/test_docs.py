@@ -1,10 +1,10 @@
 """The documentation: the README is a first screen, the site builds strictly and renders, and every command in a
 `bash` block of the README or the site runs.
 
-How the commands run (`test_every_documented_command_runs`): in a sandbox folder holding small inputs under the
-names the docs use (`pairs.jsonl`, `corpus.jsonl`, `docs.jsonl`, ...; `examples/` copied; `../shared` the real data),
-block by block in the order a reader meets them (README, then the site's pages in navigation order), so later blocks
-use what earlier ones made (`runs/pubmedqa`, `runs/mine`); each site page starts from a copy of what the README's
+How the commands run (`test_every_readme_command_runs`, `test_every_command_of_a_page_runs`): in a sandbox folder
+holding small inputs under the names the docs use (`pairs.jsonl`, `corpus.jsonl`, `docs.jsonl`, ...; `examples/`
+copied; `../shared` the real data), block by block in the order a reader meets them, so later blocks use what earlier
+ones made (`runs/pubmedqa`, `runs/mine`); each site page (a test of its own) starts from a copy of what the README's
 blocks left, less the search index `runs/mine/index` (the quickstart builds it again, as a reader new to it would).
 A `yaml` block that defines `output_dir: runs/mine` is written as `my-run.yaml` for the `ragtune run my-run.yaml`
 after it; one whose first line is a comment naming a YAML file (`# shards-run.yaml: ...`) is written under that
@@ -212,23 +212,39 @@ def _run(command: str, work: Path) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.slow
-def test_every_documented_command_runs(tmp_path):
-    readme = _sandbox(tmp_path)
+@pytest.fixture(scope="module")
+def readme_ran(tmp_path_factory) -> tuple[Path, set[tuple[str, str]], list[str]]:
+    """The README's commands run once (per test process): the sandbox they left, the runs they made, the commands."""
+    readme = _sandbox(tmp_path_factory.mktemp("docs"))
     runs: set[tuple[str, str]] = set()
-    ran = _run_page(ROOT / "README.md", readme, runs)
-    assert any(c.startswith("ragtune run examples/pubmedqa.yaml") for c in ran)
+    return readme, runs, _run_page(ROOT / "README.md", readme, runs)
+
+
+def _command_pages() -> list:
+    """The site's pages with commands, in navigation order."""
+    return [
+        pytest.param(page, id=page.name) for page in _pages()[1:] if any(lang == "bash" for lang, _ in _blocks(page))
+    ]
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs(readme_ran):
+    readme, _, ran = readme_ran
+    assert any(c.startswith("ragtune run examples/pubmedqa.yaml") for c in ran) and len(ran) >= 5
     assert json.loads((readme / "runs" / "mine" / "results.json").read_text())["eval_sets"]["users"]["queries"] == 30
-    for page in _pages()[1:]:
-        if not any(lang == "bash" for lang, _ in _blocks(page)):
-            continue
-        work = tmp_path / page.stem  # each page starts from what the README left (runs/pubmedqa, runs/mine)
-        shutil.copytree(readme, work, symlinks=True)
-        shutil.rmtree(work / "runs" / "mine" / "index")
-        ran += _run_page(page, work, runs)
-        if page.name == "serving.md":
-            assert (work / "runs" / "pubmedqa" / "model" / "onnx").is_dir()
-    assert len(ran) >= 25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", _command_pages())
+def test_every_command_of_a_page_runs(page, readme_ran):
+    readme, runs, _ = readme_ran
+    work = readme.parent / page.stem  # each page starts from what the README left (runs/pubmedqa, runs/mine)
+    shutil.copytree(readme, work, symlinks=True)
+    shutil.rmtree(work / "runs" / "mine" / "index")
+    ran = _run_page(page, work, set(runs))
+    assert ran, page.name
+    if page.name == "serving.md":
+        assert (work / "runs" / "pubmedqa" / "model" / "onnx").is_dir()
 
 
 def _run_page(page: Path, work: Path, runs: set[tuple[str, str]]) -> list[str]:

@@ -251,7 +251,8 @@ def test_a_rerun_encodes_only_new_texts_and_takes_the_rest_from_earlier_shards(t
 @pytest.mark.slow  # a local Ray cluster and a short training
 def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(tiny_model, tmp_path):
     """`ragtune run` with `shards:`: the corpus only ever read by the cluster, the numbers those of the corpus in
-    memory, held-out answers never negatives, a rerun with nothing to do."""
+    memory, held-out answers never negatives, the users' questions choosing the checkpoint, a rerun with nothing to
+    do."""
     import yaml
     from typer.testing import CliRunner
 
@@ -281,6 +282,7 @@ def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(
         "mining": {"strategy": "hard"},
         "train": {"batch_size": 16},
         "eval_sets": [{"name": "users", "path": str(users), "split": "test"}],
+        "checkpoint_on": "users",
         "allow_regression": True,
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
@@ -307,9 +309,16 @@ def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(
     assert len(mined) == split["train"]["rows"] and all(r["negative_ids"] for r in mined)
     assert not held & {n for r in mined for n in r["negative_ids"]}
     assert all(not set(r["negative_ids"]) & set(qrels["train"][r["query"]]) for r in mined)
-    # Training chose its checkpoint on the validation queries, each among its answers and the base model's top 10.
-    assert result["mining"]["validation_during_training"].startswith(f"{len(qrels['validation'])} queries among")
-    assert json.loads((out / "model" / "ragtune_train.json").read_text())["best_validation_ndcg@10"] > 0
+    # `checkpoint_on: users`: the users' questions (a folder with no corpus: their passages are in the shards) picked
+    # the checkpoint, each searched among its answers and the base model's top 10; the validation split was not scored.
+    info = json.loads((out / "model" / "ragtune_train.json").read_text())
+    assert info["checkpoint_chosen_on"] == result["checkpoint_chosen_on"] == "users"
+    last = max((out / "checkpoints").glob("checkpoint-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
+    log = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    scored = [e["eval_users_cosine_ndcg@10"] for e in log if "eval_users_cosine_ndcg@10" in e]
+    assert scored and info["best_users_ndcg@10"] == max(scored) > 0
+    assert not any("eval_validation_cosine_ndcg@10" in e for e in log) and "best_validation_ndcg@10" not in info
+    assert result["mining"]["validation_during_training"] == "none: users picked the checkpoint"
 
     # The corpus in memory, one process: the same numbers, to the float rounding of the shards' vectors.
     beir = tmp_path / "beir"
@@ -326,7 +335,7 @@ def test_a_run_from_shards_splits_mines_trains_and_judges_over_the_whole_corpus(
     users_result = result["eval_sets"]["users"]
     assert users_result["queries"] == 143 and set(users_result["metrics"]) == {"base", "tuned"}
     report = (out / "report.md").read_text()
-    assert "| users | 143 | 1000 |" in report and "BM25 is not evaluated" in report
+    assert "| users (picked the checkpoint) | 143 | 1000 |" in report and "BM25 is not evaluated" in report
     assert result["regression"]["checked"] and result["regression"]["on"] == "validation"
 
 

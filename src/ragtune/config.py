@@ -374,6 +374,11 @@ class RunConfig(Settings):
         for eval_set in self.eval_sets:
             if not eval_set.split:
                 raise ValueError(f"eval_sets: {eval_set.name} needs a split (a BEIR folder's qrels file) with shards")
+        if self.checkpoint_on != "validation" and not self.shards.validation_queries:
+            raise ValueError(
+                f"checkpoint_on: {self.checkpoint_on} is scored on a sample of shards.validation_queries queries, "
+                "which is 0"
+            )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -93,7 +93,7 @@ class RayEngine:
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.pool_size(len(items))),
+            compute=actor_pool(self.pool_size(len(items))),
             num_cpus=0 if self.gpus else 1,
             num_gpus=self.gpus or None,
         )
@@ -130,6 +130,15 @@ class RayEngine:
         parts = ray.get(refs)
         self.search_tasks += len(refs)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def actor_pool(size: int):
+    """A pool of up to `size` model copies that starts with one and grows while blocks wait: each actor is a new
+    process that imports sentence-transformers and loads the model (~6 s of CPU for MiniLM), which a small dataset
+    (one block) would pay `size` times for one actor's work."""
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
 @functools.cache

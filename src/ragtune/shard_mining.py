@@ -348,17 +348,26 @@ def validation_pool(
     """A seeded sample of `queries` queries of the (query, positive id) file `pairs`, and for each its positives and
     the top `depth` passages of `index` (searched with the model it was built with). None when there are none."""
     from ragtune.data import text_id
-    from ragtune.embeddings import QUERY
-    from ragtune.faiss_search import read_index, search_chunked
-    from ragtune.index import INDEX_META, doc_ids, encoder_for
 
-    index = Path(index)
     qrels: dict[str, dict[str, float]] = {}
     texts: dict[str, str] = {}
     for query, positive, _ in pair_rows([str(pairs)], "query", positive_column):
         qid = text_id("q", query)
         texts[qid] = query
         qrels.setdefault(qid, {})[positive] = 1.0
+    return query_pool(index, texts, qrels, queries, depth, seed)
+
+
+def query_pool(
+    index: str | Path, texts: dict[str, str], qrels: dict[str, dict[str, float]], queries: int, depth: int, seed: int
+) -> ValidationPool | None:
+    """A seeded sample of `queries` of the judged queries (`qrels`, graded), each with its relevant passages and the
+    top `depth` passages of `index` (searched with the model it was built with). None when there are none."""
+    from ragtune.embeddings import QUERY
+    from ragtune.faiss_search import read_index, search_chunked
+    from ragtune.index import INDEX_META, doc_ids, encoder_for
+
+    index = Path(index)
     if not queries or not qrels:
         return None
     rng = np.random.default_rng(seed)

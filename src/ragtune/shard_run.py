@@ -6,8 +6,9 @@ The stages of `pipeline.run`, each done from files on the Ray cluster, each skip
     base/         the corpus encoded by the base model into Parquet shards, and their index
     mined/        hard or least-similar negatives for the train rows (held-out positives never negatives);
     data/         the training folder: the texts of those rows only, and a validation pool (below)
-    model/        the fine-tuned model, its checkpoint chosen on a sample of validation queries among their
-                  positives and the base model's top passages (the guard judges afterwards, over the whole corpus)
+    model/        the fine-tuned model, its checkpoint chosen on a sample of validation queries (or of the eval
+                  set `checkpoint_on:` names) among their positives and the base model's top passages (the guard
+                  judges afterwards, over the whole corpus)
     tuned/        the corpus encoded by the tuned model, and its index
     eval/         base vs tuned on validation, test and each eval set, every query over the whole corpus
     results.json, report.md, report.html
@@ -17,6 +18,7 @@ process), mining's near-duplicate test and cross-encoder, groups, and the pair s
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -24,14 +26,14 @@ from pathlib import Path
 
 import yaml
 
-from ragtune.config import RunConfig
+from ragtune.config import EvalSetConfig, RunConfig
 from ragtune.data import LoadStats, PairData, sample_pairs, text_id
 from ragtune.embeddings import Encoder, model_fingerprint, resolve_model
 from ragtune.errors import RagtuneError, RegressionError
 from ragtune.metrics import HEADLINE
 from ragtune.outputs import claim_folder, replace_folder, write_json, write_jsonl, write_text
 from ragtune.report import RunResult, regression_check, verdict
-from ragtune.shard_mining import mined_counts, pair_rows, training_data_from_shards, validation_pool
+from ragtune.shard_mining import mined_counts, pair_rows, query_pool, training_data_from_shards, validation_pool
 from ragtune.shards import corpus_files, embed_shards, index_from_shards, mine_from_shards
 from ragtune.splits import split_queries
 from ragtune.stages import checkpoint_key, file_key, run_stage, stage_key, train_in_run
@@ -82,7 +84,8 @@ def _run(config: RunConfig, allow_regression: bool) -> RunResult:
     k_mine = stage_key(k_split, k_base, config.mining.model_dump(), shards.nprobe, validation)
     run_stage("mine negatives (from the shards)", out / "mined", k_mine, lambda: _mine(config, out))
     k_train = stage_key(k_mine, config.train.model_dump(), *checkpoint_key(config))
-    run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train))
+    chooser = functools.partial(_checkpoint_queries, config, out / "base" / "index")
+    run_stage("train", out / "model", k_train, lambda: train_in_run(config, base, out, k_train, chooser))
     k_tuned = stage_key(k_corpus, k_train)
 
     def tuned() -> None:
@@ -197,6 +200,22 @@ def _mine(config: RunConfig, out: Path) -> None:
     write_json(out / "mined" / "stats.json", stats)
 
 
+def _checkpoint_queries(config: RunConfig, index: Path, eval_set: EvalSetConfig) -> PairData:
+    """The eval set that picks the checkpoint (`checkpoint_on:`), as the validation split is scored here: a sample
+    of its judged queries, each searched among its relevant passages and the base model's top `validation_depth`
+    (the folder has no corpus; the passages' texts come from the index)."""
+    from ragtune.index import documents_where
+    from ragtune.shard_eval import read_beir_queries
+
+    texts, qrels = read_beir_queries(eval_set.path, eval_set.split)
+    shards = config.shards
+    pool = query_pool(index, texts, qrels, shards.validation_queries, shards.validation_depth, config.split.seed)
+    corpus = {d["id"]: d["text"] for d in documents_where(index, wanted=set(pool.passages)).values()}
+    stats = LoadStats(source=str(eval_set.path), format="BEIR queries among the base model's top passages")
+    log.info("checkpoint chosen on %s: %d queries among %d passages", eval_set.name, len(pool.queries), len(corpus))
+    return PairData(corpus, pool.queries, pool.qrels, stats)
+
+
 def _evaluate(config: RunConfig, out: Path) -> None:
     from ragtune.shard_eval import compare_from_shards, read_beir_queries
     from ragtune.templates import template_stats
@@ -244,6 +263,9 @@ def summarise_shard_run(out: Path, guard_on: str = "validation", eval_sets: list
         n: TemplateStats(**{k: v for k, v in r["templates"].items() if k != "templated"}) for n, r in sets.items()
     }
     train_info = json.loads((out / "model" / "ragtune_train.json").read_text())
+    mining = json.loads((out / "mined" / "stats.json").read_text())
+    if "checkpoint_chosen_on" in train_info:  # the validation pool was built but not scored
+        mining["validation_during_training"] = f"none: {train_info['checkpoint_chosen_on']} picked the checkpoint"
     summary = {
         "metrics": test["metrics"],
         "ci95": test["ci95"],
@@ -257,8 +279,9 @@ def summarise_shard_run(out: Path, guard_on: str = "validation", eval_sets: list
         "template_warning": template_warning(templates, others),
         "eval_sets": {n: {k: r[k] for k in EVAL_SET_FIELDS if k in r} for n, r in sets.items()},
         "split": json.loads((out / "split" / "split.json").read_text()),
-        "mining": json.loads((out / "mined" / "stats.json").read_text()),
+        "mining": mining,
         "training": train_info,
+        "checkpoint_chosen_on": train_info.get("checkpoint_chosen_on", "validation"),
         "shards": {stage: _shard_meta(out / stage) for stage in ("base", "tuned")},
     }
     summary["recommended_system"] = summary["recommended_model"]

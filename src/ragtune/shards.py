@@ -32,6 +32,7 @@ from ragtune.embeddings import ENGINE, PASSAGE, QUERY, Encoder, with_prompt
 from ragtune.errors import RagtuneError
 from ragtune.index import INDEX_META, SHA1_FILE, encoder_for
 from ragtune.outputs import claim_folder, replace_folder, write_json
+from ragtune.ray_engine import actor_pool
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,6 @@ def embed_shards(
         The shards: their folder and `meta` (model, fingerprint, truncation, backend, dimension, count, how many
         vectors were reused, inputs).
     """
-    import ray
-
     engine = _engine()
     out = Path(out)
     paths = [str(Path(p).resolve()) for p in corpus]
@@ -265,7 +264,7 @@ def embed_shards(
             },
             batch_size=_ROWS_PER_BLOCK,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            compute=actor_pool(actors),
             num_cpus=0 if engine.gpus else 1,
             num_gpus=engine.gpus or None,
         )
@@ -672,7 +671,7 @@ def _hard_to_parquet(
             fn_constructor_args=(model, blob, ids, sha1, siblings, settings, columns, ray.put(excluded), where),
             batch_size=_ROWS_PER_BLOCK,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            compute=actor_pool(actors),
             num_cpus=1,
         ).write_parquet(str(new.resolve()), ray_remote_args={"num_cpus": 0})
 

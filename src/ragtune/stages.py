@@ -60,9 +60,16 @@ def run_stage(name: str, folder: Path, key: str, work: Callable[[], Any]) -> boo
     return True
 
 
-def train_in_run(config: RunConfig, base: str, out: Path, key: str) -> None:
+def train_in_run(
+    config: RunConfig,
+    base: str,
+    out: Path,
+    key: str,
+    chooser_queries: Callable[[EvalSetConfig], PairData] | None = None,
+) -> None:
     """The run's training stage: the model from `out/data` into `out/model`, resuming the checkpoints of the same
-    `key` only, and the trainer's outcome beside the model."""
+    `key` only, and the trainer's outcome beside the model. `chooser_queries`: the queries (with the passages to
+    search) of the eval set that picks the checkpoint, when `checkpoint_on:` names one; default, its own file's."""
     from ragtune.train import train
 
     # Checkpoints from a run with other settings or data must not be resumed.
@@ -72,7 +79,10 @@ def train_in_run(config: RunConfig, base: str, out: Path, key: str) -> None:
     claim_folder(out / "checkpoints", "checkpoints")
     write_text(owner, key)
     chooser = checkpoint_set(config)
-    select_on = (chooser.name, eval_set_data(chooser)[1]) if chooser else None
+    if chooser:
+        select_on = (chooser.name, chooser_queries(chooser) if chooser_queries else eval_set_data(chooser)[1])
+    else:
+        select_on = None
     result = train(base, out / "data", out, config.train, resume=True, select_on=select_on)
     info = {
         "steps": result.steps,
