@@ -92,3 +92,28 @@ def test_gpu_actors_are_as_many_as_the_gpus_hold(tiny_model, tmp_path):
             Encoder(tiny_model, tmp_path / "cache-2").encode(texts)
     finally:
         ray.shutdown()
+
+
+def test_a_worker_keeps_the_models_it_loaded_and_loads_a_retrained_one_again(tiny_model, tmp_path, monkeypatch):
+    """What a Ray worker process keeps between encoding tasks: the same model is loaded once; a model retrained in
+    the same folder (other files, so another fingerprint) is loaded anew; the two last used stay."""
+    from conftest import build_tiny_bert
+
+    from ragtune import embeddings, ray_engine
+
+    monkeypatch.setattr(ray_engine, "_LOADED", {})
+    loads = []
+    real = embeddings.load_model
+    monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    base = ray_engine.WorkerModel.of(Encoder(tiny_model))
+    first = base.load()
+    assert base.load() is first and len(loads) == 1
+    folder = build_tiny_bert(tmp_path / "run", layers=1)
+    before = ray_engine.WorkerModel.of(Encoder(folder))
+    assert before.load() is not first and len(loads) == 2
+    build_tiny_bert(tmp_path / "run", layers=3)  # retrained where it was
+    after = ray_engine.WorkerModel.of(Encoder(folder))
+    assert after.location == before.location and after != before
+    assert after.load().get_embedding_dimension() == 32 and len(loads) == 3
+    assert list(ray_engine._LOADED) == [before, after]  # the base model, least recently used, made room
+    assert before.load() is not None and len(loads) == 3 and base.load() is not first and len(loads) == 4

@@ -1,10 +1,10 @@
-"""Corpus encoding on a Ray cluster: Ray Data over a pool of actors, one model copy each.
+"""Corpus encoding on a Ray cluster: Ray Data over worker processes that keep their model (actors with GPUs).
 
 Inside `with ray_engine(...)`, every `Encoder` sends the texts its cache lacks to the cluster instead of encoding
 them in this process: mining, evaluation, indexing and search all encode through `Encoder`, so all of them scale
 out, and the vectors land in the same embedding cache. The batches are the ones one process makes (texts sorted
-longest first, `batch_size` at a time), each sent whole to one actor, so each batch is padded as it would be locally
-and the vectors agree with the single-process ones (`tests/test_ray.py` measures how closely).
+longest first, `batch_size` at a time), each sent whole to one model copy, so each batch is padded as it would be
+locally and the vectors agree with the single-process ones (`tests/test_ray.py` measures how closely).
 
 Ray is an optional extra (`pip install "ragtune[ray]"`); without `ray_engine` nothing here is imported.
 Large FAISS searches (mining's candidate search, full-corpus evaluation) run as Ray tasks over a copy of the index
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,23 +30,92 @@ from ragtune.errors import RagtuneError
 log = logging.getLogger(__name__)
 
 
-class _EncodeBatches:
-    """A Ray Data actor: the model loaded once, each row one whole batch of texts."""
+@dataclass(frozen=True)
+class WorkerModel:
+    """The encoder's model as a Ray worker loads it: where it is, what it is (its fingerprint: a model retrained at
+    the same path is another model), truncation and backend."""
 
-    def __init__(self, model: str, max_seq_length: int | None, backend: str):
-        from ragtune.embeddings import load_model
+    location: str
+    fingerprint: str
+    max_seq_length: int | None
+    backend: str
 
-        self.model = load_model(model, max_seq_length, backend=backend)
+    @classmethod
+    def of(cls, encoder: Encoder) -> WorkerModel:
+        return cls(encoder.model_location, encoder.fingerprint, encoder.max_seq_length, encoder.backend)
 
-    def __call__(self, rows: dict) -> dict:
-        out = []
-        for texts in rows["texts"]:
-            texts = [str(t) for t in texts]
-            vectors = self.model.encode(
-                texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            ).astype(np.float32)
-            out.append(vectors.tobytes())  # bytes: batches differ in length, which tensor columns would refuse
-        return {"batch": rows["batch"], "vectors": np.array(out, dtype=object)}
+    def load(self):
+        """The model, loaded once per worker process: Ray runs a job's later tasks in the same CPU worker processes,
+        and loading costs ~6 s of CPU (importing sentence-transformers) plus the weights, which every stage and every
+        block would otherwise pay again. The last `_KEEP` models stay (a base and a tuned model alternate)."""
+        model = _LOADED.pop(self, None)
+        if model is None:
+            from ragtune.embeddings import load_model
+
+            model = load_model(self.location, self.max_seq_length, backend=self.backend)
+            while len(_LOADED) >= _KEEP:
+                _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[self] = model  # last used last
+        return model
+
+
+_LOADED: dict[WorkerModel, object] = {}
+_KEEP = 2
+
+
+def map_with_model(
+    dataset, fn, model: WorkerModel, engine: RayEngine, size: int, fn_kwargs: dict, tasks: bool = False, **options
+):
+    """`dataset.map_batches` of `fn(rows, loaded_model, **fn_kwargs)` on up to `size` model copies.
+
+    `tasks` (on CPUs only): as Ray tasks in the job's worker processes, each keeping the model it loaded
+    (`WorkerModel.load`), for a dataset of at most `size` blocks: no more loads than a pool of actors in the worst
+    case, none when the workers already hold the model (a run encodes queries, validation and test sets many times).
+    Otherwise a pool of actors, one model copy each, which also serves long datasets: Ray replaces idle workers
+    beyond its limit while reads and writes run beside the encoding, and ends a GPU task's worker after each task
+    (to free the GPU), so tasks would load the model again and again."""
+    import ray.data
+
+    if tasks and not engine.gpus:
+        return dataset.map_batches(
+            _on_task,
+            fn_kwargs={"fn": fn, "model": model, "fn_kwargs": fn_kwargs},
+            compute=ray.data.TaskPoolStrategy(size=size),
+            num_cpus=1,
+            **options,
+        )
+    return dataset.map_batches(
+        _OnActor,
+        fn_constructor_kwargs={"fn": fn, "model": model, "fn_kwargs": fn_kwargs},
+        compute=actor_pool(size),
+        num_cpus=0 if engine.gpus else 1,
+        num_gpus=engine.gpus or None,
+        **options,
+    )
+
+
+def _on_task(rows, fn, model: WorkerModel, fn_kwargs: dict):
+    return fn(rows, model.load(), **fn_kwargs)
+
+
+class _OnActor:
+    def __init__(self, fn, model: WorkerModel, fn_kwargs: dict):
+        self.fn, self.model, self.fn_kwargs = fn, model.load(), fn_kwargs
+
+    def __call__(self, rows):
+        return self.fn(rows, self.model, **self.fn_kwargs)
+
+
+def _encode_batches(rows: dict, model) -> dict:
+    """Each row one whole batch of texts, encoded as one batch: padded as one process pads it."""
+    out = []
+    for texts in rows["texts"]:
+        texts = [str(t) for t in texts]
+        vectors = model.encode(
+            texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32)
+        out.append(vectors.tobytes())  # bytes: batches differ in length, which tensor columns would refuse
+    return {"batch": rows["batch"], "vectors": np.array(out, dtype=object)}
 
 
 @dataclass
@@ -83,19 +153,20 @@ class RayEngine:
 
         order = np.argsort([-len(t) for t in texts], kind="stable")
         batches = [order[s : s + encoder.batch_size] for s in range(0, len(texts), encoder.batch_size)]
-        items = [{"batch": n, "texts": [texts[i] for i in rows]} for n, rows in enumerate(batches)]
-        found = ray.data.from_items(items).map_batches(
-            _EncodeBatches,
-            fn_constructor_kwargs={
-                "model": encoder.model_location,
-                "max_seq_length": encoder.max_seq_length,
-                "backend": encoder.backend,
-            },
+        size = self.pool_size(len(batches))
+        # One block per model copy, each with every `size`-th batch: long and short batches spread evenly.
+        dealt = sorted(range(len(batches)), key=lambda n: (n % size, n))
+        items = [{"batch": n, "texts": [texts[i] for i in batches[n]]} for n in dealt]
+        found = map_with_model(
+            ray.data.from_items(items, override_num_blocks=size),
+            _encode_batches,
+            WorkerModel.of(encoder),
+            self,
+            size,
+            {},
+            tasks=True,
             batch_size=1,
             batch_format="numpy",
-            compute=actor_pool(self.pool_size(len(items))),
-            num_cpus=0 if self.gpus else 1,
-            num_gpus=self.gpus or None,
         )
         vectors: np.ndarray | None = None
         for row in found.iter_rows():
@@ -182,17 +253,19 @@ def ray_engine(address: str | None = None, actors: int | None = None, gpus: floa
     # Ray's own C++ and Data logs would write over the CLI's display: errors only.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray Data warns when a read may run two tasks and has one file to read: nothing for a user to change.
+    warnings.filterwarnings("ignore", "The maximum number of concurrent tasks", UserWarning)
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS")
         options = {"address": target} if target else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         try:
             ray.init(log_to_driver=False, logging_level=logging.WARNING, **options)
-            context = ray.data.DataContext.get_current()
-            context.enable_progress_bars = False  # the CLI draws its own display; Ray's bars would fight it
-            context.print_on_execution_start = False
         except ConnectionError as err:
             raise RagtuneError(f"could not reach the Ray cluster at {target}: {err}") from None
         started = True
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own display; Ray's bars would fight it
+    context.print_on_execution_start = False
     engine = RayEngine(address, actors, gpus)
     token = ENGINE.set(engine)
     try:

@@ -32,13 +32,13 @@ from ragtune.embeddings import ENGINE, PASSAGE, QUERY, Encoder, with_prompt
 from ragtune.errors import RagtuneError
 from ragtune.index import INDEX_META, SHA1_FILE, encoder_for
 from ragtune.outputs import claim_folder, replace_folder, write_json
-from ragtune.ray_engine import actor_pool
+from ragtune.ray_engine import WorkerModel, actor_pool, map_with_model
 
 log = logging.getLogger(__name__)
 
 SHARDS_META = "shards.json"
 IVF_DATA = "lists.ivfdata"  # an IVF-PQ index from shards: its inverted lists, memory-mapped by every reader
-_ROWS_PER_BLOCK = 4096  # rows one actor call encodes (sorted by length inside, so batches pad little)
+_ROWS_PER_BLOCK = 4096  # rows one encoding call takes (sorted by length inside, so batches pad little)
 
 
 @dataclass
@@ -147,44 +147,35 @@ def _hash_rows(rows, columns: tuple):
     )
 
 
-class _EncodeRows:
-    """Actor: the model loaded once. Each block (corpus rows, or rows already hashed and joined with earlier shards'
-    vectors) has its rows without a vector sorted by length and encoded `batch_size` at a time."""
+def _encode_rows(rows, model, prompts: dict, batch_size: int, columns: tuple):
+    """A block of corpus rows (or rows already hashed and joined with earlier shards' vectors): the rows without a
+    vector sorted by length and encoded `batch_size` at a time."""
+    import pyarrow as pa
 
-    def __init__(self, model: str, max_seq_length: int | None, backend: str, batch_size: int, columns: tuple):
-        from ragtune.embeddings import load_model, model_prompts
-
-        self.model = load_model(model, max_seq_length, backend=backend)
-        self.prompts = model_prompts(model)
-        self.batch_size, self.columns = batch_size, columns
-
-    def __call__(self, rows):
-        import pyarrow as pa
-
-        if "sha1" not in rows.column_names:
-            rows = _hash_rows(rows, self.columns)
-        texts = rows.column("text").to_pylist()
-        dim = self.model.get_embedding_dimension()
-        vectors = np.zeros((len(texts), dim), dtype=np.float32)
-        reused = np.zeros(len(texts), dtype=bool)
-        if "vector" in rows.column_names:
-            reused = ~np.asarray(rows.column("vector").is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            if reused.any():
-                vectors[reused] = _vectors(rows.filter(pa.array(reused)))
-        todo = np.flatnonzero(~reused)
-        if len(todo):
-            passages = with_prompt([texts[i] for i in todo], self.prompts, PASSAGE)
-            vectors[todo] = _encode_sorted(self.model, passages, self.batch_size)
-        # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
-        return pa.table(
-            {
-                "id": rows.column("id"),
-                "text": rows.column("text"),
-                "sha1": rows.column("sha1"),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-                "reused": pa.array(reused),
-            }
-        )
+    if "sha1" not in rows.column_names:
+        rows = _hash_rows(rows, columns)
+    texts = rows.column("text").to_pylist()
+    dim = model.get_embedding_dimension()
+    vectors = np.zeros((len(texts), dim), dtype=np.float32)
+    reused = np.zeros(len(texts), dtype=bool)
+    if "vector" in rows.column_names:
+        reused = ~np.asarray(rows.column("vector").is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if reused.any():
+            vectors[reused] = _vectors(rows.filter(pa.array(reused)))
+    todo = np.flatnonzero(~reused)
+    if len(todo):
+        passages = with_prompt([texts[i] for i in todo], prompts, PASSAGE)
+        vectors[todo] = _encode_sorted(model, passages, batch_size)
+    # A plain fixed-size list column (not Ray's tensor type), so any Parquet reader gets the vectors.
+    return pa.table(
+        {
+            "id": rows.column("id"),
+            "text": rows.column("text"),
+            "sha1": rows.column("sha1"),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+            "reused": pa.array(reused),
+        }
+    )
 
 
 def _known_vectors(shards: Shards):
@@ -253,20 +244,15 @@ def embed_shards(
             joined = hashed.join(_known_vectors(earlier), "left_outer", num_partitions=2 * actors, on=("sha1",))
             with _cluster_errors():
                 rows = joined.materialize()
-        found = rows.map_batches(
-            _EncodeRows,
-            fn_constructor_kwargs={
-                "model": encoder.model_location,
-                "max_seq_length": encoder.max_seq_length,
-                "backend": encoder.backend,
-                "batch_size": encoder.batch_size,
-                "columns": columns,
-            },
+        found = map_with_model(
+            rows,
+            _encode_rows,
+            WorkerModel.of(encoder),
+            engine,
+            actors,
+            {"prompts": encoder.prompts, "batch_size": encoder.batch_size, "columns": columns},
             batch_size=_ROWS_PER_BLOCK,
             batch_format="pyarrow",
-            compute=actor_pool(actors),
-            num_cpus=0 if engine.gpus else 1,
-            num_gpus=engine.gpus or None,
         )
         with _cluster_errors():
             # Row groups of one block: a reader (the index build, each mining actor) holds one group at a time, and
@@ -520,16 +506,15 @@ class _MineRows:
     """Actor: the model and a `HardMiner` over a copy of the index; each block of (query, positive id) rows is
     encoded here and gets its hard negatives from the miner."""
 
-    def __init__(self, model: tuple, blob, ids, sha1, siblings, settings: dict, columns: tuple, excluded, where):
+    def __init__(self, model: WorkerModel, blob, ids, sha1, siblings, settings: dict, columns: tuple, excluded, where):
         import faiss
         import ray
 
-        from ragtune.embeddings import load_model, model_prompts
+        from ragtune.embeddings import model_prompts
         from ragtune.shard_mining import HardMiner
 
-        location, max_seq_length, backend = model
-        self.model = load_model(location, max_seq_length, backend=backend)
-        self.prompts = model_prompts(location)
+        self.model = model.load()
+        self.prompts = model_prompts(model.location)
         index = faiss.deserialize_index(ray.get(blob))  # one copy in the object store, read by every actor
         # The id arrays, hashes, sibling positives and held-out mask are in the object store once per node, and
         # numpy arrays are read from it zero-copy; `where` is None unless an IVF-PQ index scores positives.
@@ -663,7 +648,7 @@ def _hard_to_parquet(
     ids, siblings = ray.put(table), ray.put(siblings)
     del table  # the object store holds it now
     encoder = encoder_for(json.loads((index / INDEX_META).read_text()))  # the model the index was built with
-    model = (encoder.model_location, encoder.max_seq_length, encoder.backend)
+    model = WorkerModel.of(encoder)
     sha1 = ray.put(np.fromfile(index / SHA1_FILE, dtype="S20"))
     with replace_folder(out, "mined shards") as new, _cluster_errors():
         _read(paths, list(columns)).map_batches(
